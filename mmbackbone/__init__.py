@@ -1,0 +1,13 @@
+"""mmbackbone: vision backbones behind one contract.
+
+Example:
+    >>> import torch, mmbackbone
+    >>> model = mmbackbone.build_backbone(dict(type='ResNet', depth=18))
+    >>> model.out_channels
+    (512,)
+"""
+from . import models  # noqa: F401  (registers every type)
+from .apis import build_backbone, list_backbones
+from .version import __version__
+
+__all__ = ['build_backbone', 'list_backbones', '__version__']

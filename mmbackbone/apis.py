@@ -1,0 +1,196 @@
+"""Public entry points: build_backbone, list_backbones."""
+import fnmatch
+import inspect
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from mmbackbone.registry import MODELS
+from mmbackbone.utils import closest
+
+#: Errors a bad config may raise; anything else from a constructor is
+#: reported as a ValueError naming the type and the config.
+CONFIG_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
+
+
+def _registries() -> Dict[str, Any]:
+    """Every registry scope reachable from mmengine's root MODELS."""
+    root = MODELS
+    while root.parent is not None:
+        root = root.parent
+    found, stack = {}, [root]
+    while stack:
+        registry = stack.pop()
+        found[registry.scope] = registry
+        stack.extend(registry.children.values())
+    return found
+
+
+def _registered_objects() -> List[Any]:
+    objects = []
+    for registry in _registries().values():
+        objects.extend(registry.module_dict.values())
+    return objects
+
+
+def resolve_type(type_: Any, registry=MODELS, arg: str = 'type') -> Callable:
+    """Find a registered class or function by name, scoped or not.
+
+    Only registered objects are returned: a dotted path such as
+    ``'os.system'`` is refused instead of imported.
+
+    Raises:
+        KeyError: the name is not registered (close names suggested).
+        ValueError: a dotted name whose scope is no registry.
+        TypeError: an object that is not registered.
+    """
+    if not isinstance(type_, str):
+        if callable(type_) and any(type_ is obj
+                                   for obj in _registered_objects()):
+            return type_
+        raise TypeError(f'{arg}={type_!r} is neither a registered name nor '
+                        f'a registered class or function; register it with '
+                        f'@MODELS.register_module()')
+    registry.import_from_location()
+    if '.' in type_:
+        scope, name = type_.split('.', 1)
+        registries = _registries()
+        if scope not in registries:
+            raise ValueError(
+                f'{arg}={type_!r} is not a registered type: configs may '
+                f'name registered types only (optionally scoped, e.g. '
+                f"'mmbackbone.ResNet'), never an import path. Known scopes: "
+                f'{sorted(registries)}')
+        registry = registries[scope]
+        registry.import_from_location()
+        type_ = name
+    obj = registry.module_dict.get(type_)
+    if obj is None:
+        names = sorted(registry.module_dict)
+        raise KeyError(f'{arg}={type_!r} is not registered in scope '
+                       f"'{registry.scope}'.{closest(type_, names)} "
+                       f'Registered: {", ".join(names)}')
+    return obj
+
+
+def check_config_types(cfg: Any, path: str = 'cfg') -> None:
+    """Refuse dotted import paths in any nested ``type`` of a config.
+
+    Example:
+        >>> check_config_types(dict(type='ResNet', norm_cfg=dict(type='BN')))
+        >>> check_config_types(dict(type='os.system'))
+        Traceback (most recent call last):
+        ...
+        ValueError: cfg.type='os.system' is a dotted path that is not a registered scope; configs may name registered types only (e.g. 'ResNet' or 'mmbackbone.ResNet')
+    """
+    if isinstance(cfg, Mapping):
+        for key, value in cfg.items():
+            where = f'{path}.{key}'
+            if key == 'type' and isinstance(value, str) and '.' in value:
+                scope = value.split('.', 1)[0]
+                if scope not in _registries():
+                    raise ValueError(
+                        f'{where}={value!r} is a dotted path that is not a '
+                        f'registered scope; configs may name registered '
+                        f"types only (e.g. 'ResNet' or 'mmbackbone.ResNet')")
+            elif key == 'type' and not isinstance(value, str):
+                resolve_type(value, arg=where)
+            else:
+                check_config_types(value, where)
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            check_config_types(value, f'{path}[{i}]')
+
+
+def check_arguments(obj: Callable, args: Mapping[str, Any],
+                    type_name: str) -> None:
+    """Name unknown constructor arguments before building."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins without a signature
+        return
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in args:
+        if key not in valid:
+            raise TypeError(f'{type_name} got an unknown argument {key!r}.'
+                            f'{closest(key, valid)} Valid arguments: '
+                            f'{", ".join(valid)}')
+
+
+def build_from_config(cfg: Mapping, registry=MODELS, what: str = 'model'):
+    """Build a registered object from a config dict, safely.
+
+    Shared by :func:`build_backbone` and the model builders of necks,
+    heads and classifiers.
+    """
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f'{what} config must be a dict with a "type" key; '
+                        f'got {type(cfg).__name__}: {cfg!r}')
+    if 'type' not in cfg:
+        raise KeyError(f'{what} config {dict(cfg)!r} has no "type" key; '
+                       f'e.g. dict(type="ResNet", depth=50)')
+    check_config_types(cfg)
+    args = dict(cfg)
+    type_ = args.pop('type')
+    args.pop('_scope_', None)
+    obj = resolve_type(type_, registry)
+    name = getattr(obj, '__name__', str(obj))
+    check_arguments(obj, args, name)
+    from mmengine.registry import DefaultScope
+    try:
+        with DefaultScope.overwrite_default_scope(registry.scope):
+            return obj(**args)
+    except CONFIG_ERRORS:
+        raise
+    except Exception as err:  # e.g. an assert or a shape error deep inside
+        raise ValueError(f'{name}({", ".join(f"{k}={v!r}" for k, v in args.items())}) '
+                         f'failed: {type(err).__name__}: {err}') from err
+
+
+def build_backbone(cfg: Mapping):
+    """Build a registered backbone from a config dict.
+
+    Args:
+        cfg (dict): ``type`` (a registered name such as ``'ResNet'`` or
+            ``'mmbackbone.ResNet'``, or a registered class) and the
+            constructor arguments.
+
+    Returns:
+        nn.Module: the backbone; ``forward(x)`` returns a tuple of maps.
+
+    Raises:
+        KeyError: unknown ``type`` (close names suggested) or arch key.
+        TypeError: unknown argument, or a type that is not registered.
+        ValueError: a value out of range, or a dotted import path.
+
+    Example:
+        >>> import torch
+        >>> from mmbackbone import build_backbone
+        >>> model = build_backbone(dict(type='ResNet', depth=18,
+        ...                             out_indices=(0, 1, 2, 3))).eval()
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 64, 64))]
+        [(1, 64, 16, 16), (1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+    """
+    return build_from_config(cfg, MODELS, 'backbone')
+
+
+def list_backbones(pattern: Optional[str] = None) -> List[str]:
+    """Names of the registered backbone types, sorted.
+
+    Args:
+        pattern (str, optional): an fnmatch pattern, e.g. ``'ResNet*'``.
+
+    Example:
+        >>> list_backbones('ResNet*')
+        ['ResNet', 'ResNetV1c', 'ResNetV1d']
+    """
+    from mmbackbone.models.backbones.base_backbone import BaseBackbone
+    MODELS.import_from_location()
+    names = [name for name, obj in MODELS.module_dict.items()
+             if getattr(obj, 'is_backbone', False)
+             or (inspect.isclass(obj) and issubclass(obj, BaseBackbone))]
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return sorted(names)

@@ -1,0 +1,134 @@
+"""Load a checkpoint into a model: strict about mismatches, one report."""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from .convert import best_conversion
+from .io import CheckpointError, read_state_dict
+from .resolve import resolve_checkpoint
+
+StateDict = Dict[str, torch.Tensor]
+
+
+@dataclass
+class LoadReport:
+    """What a load did: returned by :func:`load_pretrained`."""
+    path: Path
+    source: str
+    num_loaded: int
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    adapted: List[str] = field(default_factory=list)
+
+    def summary(self, model_name: str) -> str:
+        text = (f'Loaded {self.num_loaded} tensors into {model_name} from '
+                f'{self.path} ({self.source} keys)')
+        if self.adapted:
+            text += f'; adapted: {self.adapted}'
+        if self.missing:
+            text += f'; {len(self.missing)} missing: {_short(self.missing)}'
+        if self.unexpected:
+            text += (f'; {len(self.unexpected)} unexpected: '
+                     f'{_short(self.unexpected)}')
+        return text
+
+
+def _short(keys: List[str], limit: int = 8) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... (+{len(keys) - limit})' if len(keys) > limit
+                    else '')
+
+
+def _top_prefixes(state_dict: StateDict) -> List[str]:
+    return sorted({k.split('.', 1)[0] for k in state_dict if '.' in k})
+
+
+def strip_prefix(state_dict: StateDict, prefix: str, path) -> StateDict:
+    """Keep the keys under ``prefix`` (``'backbone'`` or ``'backbone.'``)."""
+    if not isinstance(prefix, str) or not prefix.strip('.'):
+        raise ValueError(f'prefix={prefix!r} must be a non-empty string such '
+                         f"as 'backbone'")
+    head = prefix.rstrip('.') + '.'
+    kept = {k[len(head):]: v for k, v in state_dict.items()
+            if k.startswith(head)}
+    if not kept:
+        raise KeyError(f'checkpoint {path}: prefix={prefix!r} matches no '
+                       f'key; the file has the prefixes '
+                       f'{_top_prefixes(state_dict)}')
+    return kept
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Fit a first-conv weight to ``in_channels`` input channels.
+
+    One channel: the sum over the RGB filters. Otherwise the filters are
+    repeated and scaled by ``3 / in_channels`` to keep activations alike.
+
+    Example:
+        >>> adapt_input_conv(torch.ones(8, 3, 3, 3), 1).shape
+        torch.Size([8, 1, 3, 3])
+    """
+    src_channels = weight.shape[1]
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // src_channels)
+    weight = weight.repeat(1, repeats, 1, 1)[:, :in_channels]
+    return weight * (src_channels / in_channels)
+
+
+def load_pretrained(model: nn.Module, checkpoint: Union[str, Path],
+                    prefix: Optional[str] = None) -> LoadReport:
+    """Load ``checkpoint`` into ``model`` and log one summary line.
+
+    Steps: resolve the file (download if it is a URL or scheme), read it
+    safely, keep ``prefix``, convert keys from a recognised format, adapt
+    what the model knows how to adapt (``model.adapt_state_dict``), check
+    shapes, load, report.
+
+    Raises:
+        FileNotFoundError: missing file or unreachable URL.
+        KeyError: ``prefix`` matches no key (the file's prefixes listed).
+        ValueError: no key of the file fits the model, or a shape differs
+            (the key and both shapes named), or the file is corrupt/unsafe.
+    """
+    path = resolve_checkpoint(checkpoint)
+    state_dict = read_state_dict(path)
+    if prefix:
+        state_dict = strip_prefix(state_dict, prefix, path)
+    target = model.state_dict()
+    source, state_dict = best_conversion(state_dict, model)
+    matched = [k for k in state_dict if k in target]
+    if not matched:
+        raise CheckpointError(
+            f'checkpoint {path}: none of its {len(state_dict)} keys match '
+            f'{type(model).__name__} (file keys like '
+            f'{list(state_dict)[:3]}, model keys like {list(target)[:3]}; '
+            f'file prefixes: {_top_prefixes(state_dict)}). Pass '
+            f"prefix='backbone' for a whole classifier, or a checkpoint of "
+            f'this architecture')
+    adapted: List[str] = []
+    adapt = getattr(model, 'adapt_state_dict', None)
+    if adapt is not None:
+        state_dict, adapted = adapt(state_dict)
+    for key in matched:
+        if state_dict[key].shape != target[key].shape:
+            raise CheckpointError(
+                f'checkpoint {path}: {key} has shape '
+                f'{tuple(state_dict[key].shape)} in the file but '
+                f'{tuple(target[key].shape)} in {type(model).__name__}; '
+                f'the checkpoint is for another architecture or config')
+    missing = [k for k in target if k not in state_dict
+               and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in target]
+    model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
+    report = LoadReport(path, source, len(matched), missing, unexpected,
+                        adapted)
+    level = logging.WARNING if (missing or unexpected) else logging.INFO
+    print_log(report.summary(type(model).__name__), logger='current',
+              level=level)
+    return report

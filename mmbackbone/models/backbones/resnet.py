@@ -1,0 +1,462 @@
+"""ResNet, ResNetV1c and ResNetV1d (He et al., 2016; Bag of Tricks, 2019).
+
+Constructor arguments and state-dict keys follow mmpretrain 1.2, so its
+checkpoints load with ``strict=True``; torchvision and timm ResNet
+checkpoints are converted on load.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.utils.checkpoint as cp
+from mmcv.cnn import ConvModule
+from mmcv.cnn.bricks import DropPath
+from torch import Tensor, nn
+
+from mmbackbone.checkpoint.convert import register_converter
+from mmbackbone.registry import MODELS
+from ..layers import act_layer, conv_layer, norm_layer
+from .base_backbone import BaseBackbone
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+    default_expansion = 1
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 expansion: int = 1, stride: int = 1, dilation: int = 1,
+                 downsample: Optional[nn.Module] = None,
+                 style: str = 'pytorch', with_cp: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU', inplace=True),
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        if expansion != 1:
+            raise ValueError(f'expansion={expansion}: BasicBlock supports '
+                             f'only 1')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.mid_channels = out_channels
+        self.with_cp = with_cp
+        self.conv1 = conv_layer(conv_cfg, in_channels, out_channels, 3,
+                                stride=stride, padding=dilation,
+                                dilation=dilation, bias=False)
+        self.norm1_name, norm1 = norm_layer(norm_cfg, out_channels, 1)
+        self.add_module(self.norm1_name, norm1)
+        self.conv2 = conv_layer(conv_cfg, out_channels, out_channels, 3,
+                                padding=1, bias=False)
+        self.norm2_name, norm2 = norm_layer(norm_cfg, out_channels, 2)
+        self.add_module(self.norm2_name, norm2)
+        self.relu = act_layer(act_cfg)
+        self.downsample = downsample
+        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+                          else nn.Identity())
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return getattr(self, self.norm2_name)
+
+    def _residual(self, x: Tensor) -> Tensor:
+        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
+        out = getattr(self, self.norm2_name)(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.drop_path(out) + identity
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 - 3x3 - 1x1 convs with a residual connection (ResNet-50+).
+
+    ``style='pytorch'`` puts the stride on the 3x3 conv, ``'caffe'`` on
+    the first 1x1 conv.
+    """
+
+    default_expansion = 4
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 expansion: int = 4, stride: int = 1, dilation: int = 1,
+                 downsample: Optional[nn.Module] = None,
+                 style: str = 'pytorch', with_cp: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU', inplace=True),
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        if out_channels % expansion:
+            raise ValueError(f'out_channels={out_channels} is not divisible '
+                             f'by expansion={expansion}')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        mid = self.mid_channels = out_channels // expansion
+        self.with_cp = with_cp
+        stride1, stride2 = (1, stride) if style == 'pytorch' else (stride, 1)
+        self.conv1 = conv_layer(conv_cfg, in_channels, mid, 1, stride=stride1,
+                                bias=False)
+        self.norm1_name, norm1 = norm_layer(norm_cfg, mid, 1)
+        self.add_module(self.norm1_name, norm1)
+        self.conv2 = conv_layer(conv_cfg, mid, mid, 3, stride=stride2,
+                                padding=dilation, dilation=dilation,
+                                bias=False)
+        self.norm2_name, norm2 = norm_layer(norm_cfg, mid, 2)
+        self.add_module(self.norm2_name, norm2)
+        self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
+        self.norm3_name, norm3 = norm_layer(norm_cfg, out_channels, 3)
+        self.add_module(self.norm3_name, norm3)
+        self.relu = act_layer(act_cfg)
+        self.downsample = downsample
+        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+                          else nn.Identity())
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return getattr(self, self.norm3_name)
+
+    def _residual(self, x: Tensor) -> Tensor:
+        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
+        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
+        out = getattr(self, self.norm3_name)(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.drop_path(out) + identity
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
+
+
+class ResLayer(nn.Sequential):
+    """A stage: ``num_blocks`` blocks, the first one downsampling.
+
+    With ``avg_down`` the shortcut pools before a stride-1 1x1 conv (V1d).
+    """
+
+    def __init__(self, block: Type[nn.Module], num_blocks: int,
+                 in_channels: int, out_channels: int, expansion: int,
+                 stride: int = 1, avg_down: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 drop_path_rates: Sequence[float] = (), **block_kwargs):
+        downsample = None
+        if stride != 1 or in_channels != out_channels:
+            layers: List[nn.Module] = []
+            conv_stride = stride
+            if avg_down and stride != 1:
+                conv_stride = 1
+                layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True,
+                                           count_include_pad=False))
+            layers += [
+                conv_layer(conv_cfg, in_channels, out_channels, 1,
+                           stride=conv_stride, bias=False),
+                norm_layer(norm_cfg, out_channels)[1]
+            ]
+            downsample = nn.Sequential(*layers)
+        rates = list(drop_path_rates) or [0.0] * num_blocks
+        blocks = []
+        for i in range(num_blocks):
+            blocks.append(block(
+                in_channels=in_channels if i == 0 else out_channels,
+                out_channels=out_channels, expansion=expansion,
+                stride=stride if i == 0 else 1,
+                downsample=downsample if i == 0 else None,
+                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                drop_path_rate=rates[i], **block_kwargs))
+        super().__init__(*blocks)
+
+
+@dataclass(frozen=True)
+class ResNetArch:
+    """One row of the ResNet arch table."""
+    block: Type[nn.Module]
+    stage_blocks: Tuple[int, ...]
+
+
+RESNET_ARCHS: Dict[int, ResNetArch] = {
+    18: ResNetArch(BasicBlock, (2, 2, 2, 2)),
+    34: ResNetArch(BasicBlock, (3, 4, 6, 3)),
+    50: ResNetArch(Bottleneck, (3, 4, 6, 3)),
+    101: ResNetArch(Bottleneck, (3, 4, 23, 3)),
+    152: ResNetArch(Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def parse_depth(depth, arch) -> int:
+    """Pick the depth from ``depth`` or ``arch`` (``50`` or ``'resnet50'``)."""
+    if depth is not None and arch is not None and depth != arch:
+        raise ValueError(f'depth={depth!r} and arch={arch!r} disagree; give '
+                         f'one of them')
+    value = depth if depth is not None else arch
+    if value is None:
+        raise TypeError(f'ResNet needs depth (or arch); choose from '
+                        f'{sorted(RESNET_ARCHS)}')
+    if isinstance(value, str):
+        digits = value.lower().removeprefix('resnet').removeprefix('-')
+        value = int(digits) if digits.isdigit() else value
+    if isinstance(value, bool) or value not in RESNET_ARCHS:
+        raise KeyError(f'depth={value!r} is not a ResNet depth; choose from '
+                       f'{sorted(RESNET_ARCHS)} (or arch names '
+                       f'{["resnet%d" % d for d in sorted(RESNET_ARCHS)]})')
+    return value
+
+
+@MODELS.register_module()
+class ResNet(BaseBackbone):
+    """ResNet backbone (mmpretrain-compatible arguments and keys).
+
+    Args:
+        depth (int | str): 18, 34, 50, 101 or 152 (``'resnet50'`` works).
+        in_channels (int): input image channels. Default: 3.
+        stem_channels (int): output channels of the stem. Default: 64.
+        base_channels (int): middle channels of the first stage. Default: 64.
+        expansion (int, optional): block expansion; default 1 for
+            BasicBlock and 4 for Bottleneck.
+        num_stages (int): stages built, 1 to 4. Default: 4.
+        strides (Sequence[int]): stride of each stage's first block.
+        dilations (Sequence[int]): dilation of each stage.
+        out_indices (Sequence[int] | int): stages to output; negative
+            indices count from the last. Default: ``(3, )``.
+        style (str): ``'pytorch'`` (stride on the 3x3 conv) or ``'caffe'``.
+        deep_stem (bool): three 3x3 convs instead of the 7x7 stem.
+        avg_down (bool): average-pool shortcut when downsampling.
+        frozen_stages (int | str): -1 nothing, 0 the stem, k the stem and
+            stages 1..k, ``'all'`` everything. Default: -1.
+        conv_cfg (dict, optional): conv layer config.
+        norm_cfg (dict): norm layer config. Default: ``dict(type='BN')``.
+        norm_eval (bool): keep norm layers in eval mode. Default: False.
+        with_cp (bool): gradient checkpointing per block. Default: False.
+        zero_init_residual (bool): zero the last norm of each block after
+            random init. Default: True.
+        init_cfg (dict | list, optional): mmengine init config, e.g.
+            ``dict(type='Pretrained', checkpoint=..., prefix='backbone')``.
+        drop_path_rate (float): stochastic depth, linear over blocks.
+        arch (int | str, optional): alias of ``depth``.
+
+    Example:
+        >>> import torch
+        >>> from mmbackbone.models import ResNet
+        >>> model = ResNet(depth=18, out_indices=(0, 1, 2, 3)).eval()
+        >>> for out in model(torch.rand(1, 3, 32, 32)):
+        ...     print(tuple(out.shape))
+        (1, 64, 8, 8)
+        (1, 128, 4, 4)
+        (1, 256, 2, 2)
+        (1, 512, 1, 1)
+    """
+
+    arch_settings = {d: (a.block, a.stage_blocks)
+                     for d, a in RESNET_ARCHS.items()}
+    zoo_configs = {f'resnet{d}': dict(depth=d) for d in RESNET_ARCHS}
+
+    def __init__(self,
+                 depth: Union[int, str, None] = None,
+                 in_channels: int = 3,
+                 stem_channels: int = 64,
+                 base_channels: int = 64,
+                 expansion: Optional[int] = None,
+                 num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2),
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Union[int, Sequence[int]] = (3, ),
+                 style: str = 'pytorch',
+                 deep_stem: bool = False,
+                 avg_down: bool = False,
+                 frozen_stages: Union[int, str] = -1,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 zero_init_residual: bool = True,
+                 init_cfg: Union[dict, List[dict], None] = [
+                     dict(type='Kaiming', layer=['Conv2d']),
+                     dict(type='Constant', val=1,
+                          layer=['_BatchNorm', 'GroupNorm'])
+                 ],
+                 drop_path_rate: float = 0.0,
+                 arch: Union[int, str, None] = None):
+        super().__init__(init_cfg)
+        self.depth = parse_depth(depth, arch)
+        spec = RESNET_ARCHS[self.depth]
+        if isinstance(num_stages, bool) or num_stages not in (1, 2, 3, 4):
+            raise ValueError(f'num_stages={num_stages!r}; choose from 1, 2, '
+                             f'3, 4')
+        for name, value in (('strides', strides), ('dilations', dilations)):
+            if not isinstance(value, Sequence) or len(value) != num_stages:
+                raise ValueError(f'{name}={value!r} must have num_stages='
+                                 f'{num_stages} entries')
+        if style not in ('pytorch', 'caffe'):
+            raise ValueError(f"style={style!r}; choose 'pytorch' or 'caffe'")
+        for name, value in (('in_channels', in_channels),
+                            ('stem_channels', stem_channels),
+                            ('base_channels', base_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or value < 1:
+                raise ValueError(f'{name}={value!r} must be a positive int')
+        if not isinstance(drop_path_rate, (int, float)) or \
+                not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in '
+                             f'[0, 1)')
+        self.block = spec.block
+        self.expansion = expansion or spec.block.default_expansion
+        if isinstance(self.expansion, bool) or \
+                not isinstance(self.expansion, int) or self.expansion < 1:
+            raise ValueError(f'expansion={expansion!r} must be a positive '
+                             f'int')
+        self.stage_blocks = spec.stage_blocks[:num_stages]
+        self.in_channels, self.stem_channels = in_channels, stem_channels
+        self.base_channels, self.style = base_channels, style
+        self.strides, self.dilations = tuple(strides), tuple(dilations)
+        self.deep_stem, self.avg_down = deep_stem, avg_down
+        self.conv_cfg, self.norm_cfg = conv_cfg, norm_cfg
+        self.with_cp, self.zero_init_residual = with_cp, zero_init_residual
+
+        widths = [base_channels * self.expansion * 2**i
+                  for i in range(num_stages)]
+        stride = 4
+        stage_strides = []
+        for s in self.strides:
+            stride *= s
+            stage_strides.append(stride)
+        self._setup_outputs(widths, stage_strides, out_indices, frozen_stages,
+                            norm_eval)
+
+        self._make_stem_layer(in_channels, stem_channels)
+        total = sum(spec.stage_blocks)
+        rates = torch.linspace(0, drop_path_rate, total).tolist()
+        self.res_layers = []
+        channels = stem_channels
+        for i, num_blocks in enumerate(self.stage_blocks):
+            layer = self.make_res_layer(
+                block=self.block, num_blocks=num_blocks,
+                in_channels=channels, out_channels=widths[i],
+                expansion=self.expansion, stride=self.strides[i],
+                dilation=self.dilations[i], style=style, avg_down=avg_down,
+                with_cp=with_cp, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                drop_path_rates=rates[:num_blocks])
+            rates = rates[num_blocks:]
+            channels = widths[i]
+            self.add_module(f'layer{i + 1}', layer)
+            self.res_layers.append(f'layer{i + 1}')
+        self.feat_dim = widths[-1]
+        self._freeze_stages()
+
+    def make_res_layer(self, **kwargs) -> ResLayer:
+        """Build one stage (override to change the block layout)."""
+        return ResLayer(**kwargs)
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    def _make_stem_layer(self, in_channels: int, stem_channels: int) -> None:
+        if self.deep_stem:
+            half = stem_channels // 2
+            self.stem = nn.Sequential(*[
+                ConvModule(c_in, c_out, 3, stride=s, padding=1,
+                           conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                           inplace=True)
+                for c_in, c_out, s in ((in_channels, half, 2),
+                                       (half, half, 1),
+                                       (half, stem_channels, 1))
+            ])
+        else:
+            self.conv1 = conv_layer(self.conv_cfg, in_channels,
+                                    stem_channels, 7, stride=2, padding=3,
+                                    bias=False)
+            self.norm1_name, norm1 = norm_layer(self.norm_cfg, stem_channels,
+                                                1)
+            self.add_module(self.norm1_name, norm1)
+            self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def stage_parts(self) -> List[List[nn.Module]]:
+        stem = [self.stem] if self.deep_stem else [self.conv1, self.norm1]
+        return [stem] + [[getattr(self, name)] for name in self.res_layers]
+
+    def _init_after_random(self) -> None:
+        if self.zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, (BasicBlock, Bottleneck)):
+                    nn.init.constant_(module.last_norm.weight, 0)
+                    nn.init.constant_(module.last_norm.bias, 0)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        x = self.maxpool(x)
+        outs = []
+        for name in self.res_layers[:self.last_needed_stage + 1]:
+            x = getattr(self, name)(x)
+            outs.append(x)
+        return self._select_outputs(outs)
+
+
+@MODELS.register_module()
+class ResNetV1c(ResNet):
+    """ResNet-V1c: the 7x7 stem replaced by three 3x3 convs.
+
+    Example:
+        >>> import torch
+        >>> from mmbackbone.models import ResNetV1c
+        >>> model = ResNetV1c(depth=50).eval()
+        >>> print(tuple(model(torch.rand(1, 3, 64, 64))[0].shape))
+        (1, 2048, 2, 2)
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(deep_stem=True, avg_down=False, **kwargs)
+
+
+@MODELS.register_module()
+class ResNetV1d(ResNet):
+    """ResNet-V1d: deep stem and average-pool shortcuts.
+
+    Example:
+        >>> import torch
+        >>> from mmbackbone.models import ResNetV1d
+        >>> model = ResNetV1d(depth=50).eval()
+        >>> print(tuple(model(torch.rand(1, 3, 64, 64))[0].shape))
+        (1, 2048, 2, 2)
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(deep_stem=True, avg_down=True, **kwargs)
+
+
+# ------------------------------------------------------------ conversion
+_TIMM_DEEP_STEM = {'conv1.0': 'stem.0.conv', 'conv1.1': 'stem.0.bn',
+                   'conv1.3': 'stem.1.conv', 'conv1.4': 'stem.1.bn',
+                   'conv1.6': 'stem.2.conv', 'bn1': 'stem.2.bn'}
+
+
+@register_converter('torchvision/timm', 'ResNet')
+def resnet_from_torchvision_or_timm(state_dict, model):
+    """torchvision and timm ResNets share our stage keys; drop ``fc`` and
+    map timm's deep stem (``conv1.0`` ... ``conv1.6``, ``bn1``) and its
+    average-pool shortcut, which keeps an ``Identity`` slot at stride 1."""
+    if 'fc.weight' not in state_dict and 'conv1.0.weight' not in state_dict \
+            and not any(k.startswith('conv1.') for k in state_dict):
+        raise KeyError('not a torchvision/timm ResNet state dict')
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith('fc.'):
+            continue
+        module, _, leaf = key.rpartition('.')
+        if model.deep_stem and module in _TIMM_DEEP_STEM:
+            key = f'{_TIMM_DEEP_STEM[module]}.{leaf}'
+        parts = key.split('.')
+        if (model.avg_down and len(parts) > 3 and parts[2] == 'downsample'
+                and parts[0].startswith('layer')
+                and model.strides[int(parts[0][5:]) - 1] == 1):
+            parts[3] = str(int(parts[3]) - 1)
+            key = '.'.join(parts)
+        converted[key] = value
+    return converted
