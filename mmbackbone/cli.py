@@ -1,0 +1,624 @@
+"""The ``mmbackbone`` command: list, inspect and convert backbones.
+
+Usage::
+
+    mmbackbone list [PATTERN]
+    mmbackbone info [--input-size N] [--no-flops] TYPE [--ARG VALUE ...]
+    mmbackbone convert SRC DST.safetensors (--type TYPE [--ARG VALUE ...]
+                                            | --config FILE) [--prefix P]
+
+``TYPE`` is a registered type (``ResNet``) or a zoo arch name
+(``resnet50``). ``--ARG VALUE`` options come from the constructor's
+signature (``mmbackbone info ResNet --help`` lists them); values are read
+as Python literals (``--out_indices "(0, 3)"``, ``--depth 101``) with
+:func:`ast.literal_eval`, and kept as strings otherwise.
+
+Subcommands live in :data:`SUBCOMMANDS`; :func:`register_subcommand` adds
+one (e.g. ``weights``).
+
+Example:
+    >>> from mmbackbone.cli import main
+    >>> main(['list', 'ResNet'])  # doctest: +ELLIPSIS
+    ResNet  resnet18, resnet34, resnet50, ...
+    0
+"""
+import argparse
+import ast
+import fnmatch
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+#: Errors reported as ``mmbackbone CMD: error: ...`` with exit code 1.
+USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
+
+
+@dataclass
+class Subcommand:
+    """``setup(parser)`` adds the arguments; ``run(args, extra) -> int``
+    gets the parsed namespace and the arguments left over (``--ARG VALUE``
+    pairs for the constructor), or ``None`` when it takes no extras."""
+    setup: Callable[[argparse.ArgumentParser], None]
+    run: Callable[..., int]
+    help: str
+    takes_extra: bool = False
+
+
+SUBCOMMANDS: Dict[str, Subcommand] = {}
+
+
+def register_subcommand(name: str, setup: Callable, run: Callable,
+                        help: str, takes_extra: bool = False) -> None:
+    """Add (or replace) a subcommand of ``mmbackbone``."""
+    SUBCOMMANDS[name] = Subcommand(setup, run, help, takes_extra)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        return str(err.args[0])
+    return str(err)
+
+
+# ------------------------------------------------------------- resolving
+def _zoo(obj) -> Dict[str, dict]:
+    zoo = getattr(obj, 'zoo_configs', None)
+    return dict(zoo) if isinstance(zoo, dict) else {}
+
+
+def resolve_backbone(name: str) -> Tuple[Callable, str, dict]:
+    """``(class or function, type name, base kwargs)`` for a type or arch.
+
+    Raises:
+        KeyError: neither a registered type nor a zoo arch name.
+    """
+    from mmbackbone.apis import list_backbones, resolve_type
+    from mmbackbone.registry import MODELS
+    from mmbackbone.utils import closest
+    try:
+        obj = resolve_type(name, MODELS)
+        return obj, name.split('.')[-1], {}
+    except KeyError:
+        pass
+    archs = {}
+    for type_name in list_backbones():
+        for arch, kwargs in _zoo(MODELS.get(type_name)).items():
+            archs.setdefault(arch, (type_name, kwargs))
+    if name in archs:
+        type_name, kwargs = archs[name]
+        return MODELS.get(type_name), type_name, dict(kwargs)
+    names = list_backbones() + sorted(archs)
+    raise KeyError(f'{name!r} is neither a registered backbone type nor a '
+                   f'zoo arch name.{closest(name, names)} Run '
+                   f'`mmbackbone list` to see them')
+
+
+# ------------------------------------------------ constructor arguments
+def constructor_parameters(obj: Callable
+                           ) -> Tuple[List[inspect.Parameter], bool]:
+    """Keyword parameters of a class (or function) and whether it also
+    takes ``**kwargs`` that no class in its MRO names.
+
+    A subclass ``__init__(self, **kwargs)`` forwarding to its base (e.g.
+    ``ResNetV1c``) gets the base's parameters too.
+    """
+    targets = ([c.__dict__['__init__'] for c in obj.__mro__
+                if '__init__' in c.__dict__] if inspect.isclass(obj)
+               else [obj])
+    params: Dict[str, inspect.Parameter] = {}
+    open_kwargs = False
+    for target in targets:
+        if getattr(target, '__module__', '').split('.')[0] in (
+                'torch', 'mmengine', 'builtins'):
+            break
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            break
+        open_kwargs = False
+        for name, param in signature.parameters.items():
+            if name == 'self' or param.kind is param.VAR_POSITIONAL:
+                continue
+            if param.kind is param.VAR_KEYWORD:
+                open_kwargs = True
+            elif param.kind is not param.POSITIONAL_ONLY:
+                params.setdefault(name, param)
+        if not open_kwargs:
+            break
+    return list(params.values()), open_kwargs
+
+
+def _arg_docs(obj: Callable) -> Dict[str, str]:
+    """First line of each argument's description in a Google docstring."""
+    docs: Dict[str, str] = {}
+    in_args = False
+    for line in (inspect.getdoc(obj) or '').splitlines():
+        if re.match(r'^(Args|Arguments):\s*$', line):
+            in_args = True
+            continue
+        if in_args and line and not line.startswith(' '):
+            in_args = False
+        match = re.match(r'^\s{4}(\w+)(?:\s*\(.*?\))?:\s*(.*)$', line)
+        if in_args and match:
+            docs[match.group(1)] = match.group(2)
+    return docs
+
+
+def _expects(annotation: Any, kind: type) -> bool:
+    """Whether an annotation is exactly ``kind`` or ``Optional[kind]``."""
+    if annotation is kind or annotation == kind.__name__:
+        return True
+    if isinstance(annotation, str):
+        return annotation in (f'Optional[{kind.__name__}]',
+                              f'{kind.__name__} | None')
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args == [kind]
+    return False
+
+
+def parse_value(text: str, param: Optional[inspect.Parameter] = None) -> Any:
+    """A command-line value as a Python object.
+
+    ``str`` parameters keep the text; ``bool`` ones take true/false/yes/no/
+    1/0; others are read with :func:`ast.literal_eval` (no code runs) and
+    kept as text when that fails.
+
+    Example:
+        >>> parse_value('(0, 3)'), parse_value('101'), parse_value('pytorch')
+        ((0, 3), 101, 'pytorch')
+    """
+    annotation = param.annotation if param is not None else inspect._empty
+    default = param.default if param is not None else inspect._empty
+    if text == 'None':
+        return None
+    if _expects(annotation, bool) or (annotation is inspect._empty
+                                      and isinstance(default, bool)):
+        lowered = text.lower()
+        if lowered in ('true', 'yes', '1'):
+            return True
+        if lowered in ('false', 'no', '0'):
+            return False
+        raise ValueError(f'--{param.name}={text!r} must be true or false')
+    if _expects(annotation, str) or (annotation is inspect._empty
+                                     and isinstance(default, str)):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def constructor_parser(obj: Callable, prog: str
+                       ) -> Tuple[argparse.ArgumentParser, bool,
+                                  Dict[str, inspect.Parameter]]:
+    """An argparse parser with one ``--NAME VALUE`` option per argument."""
+    params, open_kwargs = constructor_parameters(obj)
+    doc = (inspect.getdoc(obj) or '').split('\n\n')[0]
+    epilog = ('Values are Python literals (e.g. "(0, 3)", 101, None, '
+              "dict(type='BN') is not a literal: write {'type': 'BN'}); "
+              'other text is taken as a string.')
+    if open_kwargs:
+        epilog += ' Other --NAME VALUE pairs are passed on as keyword ' \
+                  'arguments.'
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     epilog=epilog)
+    docs = _arg_docs(obj)
+    by_dest = {}
+    for param in params:
+        names = [f'--{param.name}']
+        if '_' in param.name:
+            names.append(f'--{param.name.replace("_", "-")}')
+        if param.annotation is not inspect._empty:
+            kind = inspect.formatannotation(param.annotation)
+        else:
+            kind = None
+        parts = [docs.get(param.name, '')]
+        if kind:
+            parts.append(f'[{kind}]')
+        if param.default is not inspect._empty:
+            parts.append(f'(default: {param.default!r})')
+        else:
+            parts.append('(required)')
+        parser.add_argument(*names, dest=param.name, metavar='VALUE',
+                            default=argparse.SUPPRESS,
+                            required=param.default is inspect._empty,
+                            help=' '.join(p for p in parts if p)
+                            .replace('%', '%%'))
+        by_dest[param.name] = param
+    return parser, open_kwargs, by_dest
+
+
+def parse_constructor_args(obj: Callable, argv: Sequence[str],
+                           prog: str) -> dict:
+    """``--NAME VALUE`` pairs to keyword arguments of ``obj``."""
+    parser, open_kwargs, params = constructor_parser(obj, prog)
+    if open_kwargs:
+        namespace, rest = parser.parse_known_args(list(argv))
+    else:
+        namespace, rest = parser.parse_args(list(argv)), []
+    kwargs = {name: parse_value(text, params[name])
+              for name, text in vars(namespace).items()}
+    i = 0
+    while i < len(rest):
+        key = rest[i]
+        if not key.startswith('--') or i + 1 >= len(rest):
+            parser.error(f'expected --NAME VALUE pairs; got {rest[i:]}')
+        kwargs[key[2:].replace('-', '_')] = parse_value(rest[i + 1])
+        i += 2
+    return kwargs
+
+
+def _call_repr(type_name: str, kwargs: dict) -> str:
+    return f'{type_name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
+
+
+def _build(obj: Callable, type_name: str, kwargs: dict):
+    from mmbackbone.apis import build_backbone
+    from mmbackbone.registry import MODELS
+    registered = MODELS.get(type_name) is obj
+    return build_backbone(dict(type=type_name if registered else obj,
+                               **kwargs))
+
+
+# -------------------------------------------------------------- list
+def _setup_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('pattern', nargs='?', default=None,
+                        help='fnmatch pattern (case-insensitive) matched '
+                        "against type and arch names, e.g. 'ResNet*' or "
+                        "'*50'")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print each backbone type with its zoo arch names."""
+    from mmbackbone.apis import list_backbones
+    from mmbackbone.registry import MODELS
+    rows = []
+    pattern = args.pattern.lower() if args.pattern else None
+    for name in list_backbones():
+        archs = list(_zoo(MODELS.get(name)))
+        if pattern is not None and not fnmatch.fnmatchcase(name.lower(),
+                                                           pattern):
+            archs = [a for a in archs
+                     if fnmatch.fnmatchcase(a.lower(), pattern)]
+            if not archs:
+                continue
+        rows.append((name, archs))
+    if not rows:
+        print(f'no backbone type or arch matches {args.pattern!r}; '
+              f'registered types: {", ".join(list_backbones())}',
+              file=sys.stderr)
+        return 1
+    width = max(len(name) for name, _ in rows)
+    for name, archs in rows:
+        print(f'{name:<{width}}  {", ".join(archs) or "-"}'.rstrip())
+    return 0
+
+
+# -------------------------------------------------------------- info
+def _setup_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('-h', '--help', action='store_true',
+                        help='show this help, or with TYPE the options of '
+                        'its constructor')
+    parser.add_argument('--input-size', default='224', metavar='N|HxW',
+                        help='input size for the FLOP count (default 224)')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip the FLOP count (a jit trace)')
+    parser.add_argument('type', nargs='?', metavar='TYPE',
+                        help='a registered type (ResNet) or arch (resnet50)')
+
+
+def _input_size(text: str) -> Tuple[int, int]:
+    match = re.fullmatch(r'(\d+)(?:[x,](\d+))?', text.strip())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f'--input-size={text!r} must be N or HxW, e.g. 224 '
+                         f'or 224x320')
+    height = int(match.group(1))
+    return height, int(match.group(2) or height)
+
+
+def count_flops(model, shape: Tuple[int, ...]) -> int:
+    """Multiply-adds of one forward pass (mmengine's FlopAnalyzer, the
+    fvcore convention: one fused multiply-add counts as one flop)."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+    with torch.no_grad():
+        analyzer = FlopAnalyzer(model, (torch.zeros(shape), ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return int(analyzer.total())
+
+
+def describe(model, shape: Optional[Tuple[int, ...]]) -> List[str]:
+    """Lines of ``mmbackbone info``: outputs, params, GFLOPs."""
+    lines = []
+    for attr in ('out_indices', 'out_channels', 'out_strides',
+                 'out_features'):
+        value = getattr(model, attr, None)
+        if value is not None:
+            lines.append(f'{attr + ":":<14}{value}')
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines.append(f'{"params:":<14}{params / 1e6:.2f} M ({params:,}; '
+                 f'{trainable:,} trainable)')
+    if shape is not None:
+        try:
+            flops = count_flops(model, shape)
+            lines.append(f'{"GFLOPs:":<14}{flops / 1e9:.2f} at '
+                         f'{"x".join(map(str, shape))} (multiply-adds)')
+        except Exception as err:  # tracing can fail on exotic models
+            lines.append(f'{"GFLOPs:":<14}n/a ({type(err).__name__}: '
+                         f'{_message(err).splitlines()[0][:120]})')
+    return lines
+
+
+def run_info(args: argparse.Namespace, extra: List[str]) -> int:
+    """Build a backbone from the command line and describe it."""
+    if args.type is None:
+        args._parser.print_help()
+        return 0 if args.help else 2
+    obj, type_name, kwargs = resolve_backbone(args.type)
+    prog = f'mmbackbone info {args.type}'
+    argv = list(extra) + (['--help'] if args.help else [])
+    kwargs.update(parse_constructor_args(obj, argv, prog))
+    height, width = _input_size(args.input_size)
+    model = _build(obj, type_name, kwargs).eval()
+    in_channels = kwargs.get('in_channels', 3)
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool):
+        in_channels = 3
+    shape = None if args.no_flops else (1, in_channels, height, width)
+    print(_call_repr(type_name, kwargs))
+    for line in describe(model, shape):
+        print(f'  {line}')
+    return 0
+
+
+# ----------------------------------------------------------- convert
+def _setup_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('src', metavar='SRC',
+                        help='checkpoint of timm, torchvision, mmpretrain '
+                        'or ours (.pth/.pt/.bin/.safetensors)')
+    parser.add_argument('dst', metavar='DST',
+                        help='output file, ending in .safetensors')
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument('--type', metavar='TYPE',
+                        help='target type (ResNet) or arch (resnet50); '
+                        'further --ARG VALUE options configure it')
+    target.add_argument('--config', metavar='FILE',
+                        help='an mmengine config; its model.backbone (or '
+                        'backbone) is the target')
+    parser.add_argument('--prefix', default=None,
+                        help="keep and strip this key prefix (e.g. "
+                        "'backbone'); by default 'backbone.' is stripped "
+                        'when that fits the model better')
+    parser.add_argument('--dtype', choices=('float32', 'float16',
+                                            'bfloat16'), default=None,
+                        help='cast floating tensors (default: keep)')
+    parser.add_argument('--allow-missing', action='store_true',
+                        help='write even if model keys are missing from '
+                        'the file')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bar')
+
+
+def _backbone_from_config(path: str) -> Tuple[Callable, str, dict]:
+    from mmengine.config import Config
+    cfg = Config.fromfile(path).to_dict()
+    for where in (('model', 'backbone'), ('backbone', ), ('model', )):
+        node: Any = cfg
+        for key in where:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and 'type' in node and (
+                where != ('model', ) or node['type'] != 'ImageClassifier'):
+            kwargs = dict(node)
+            type_name = kwargs.pop('type')
+            kwargs.pop('init_cfg', None)  # no pretrained load while converting
+            obj, type_name, base = resolve_backbone(type_name)
+            return obj, type_name, {**base, **kwargs}
+    raise KeyError(f'config {path} has no model.backbone, backbone or model '
+                   f'entry with a "type"; top-level keys: {sorted(cfg)}')
+
+
+def _progress(items: Sequence, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    try:
+        from tqdm import tqdm
+        yield from tqdm(items, desc='converting', unit='tensor',
+                        file=sys.stderr)
+    except ImportError:
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(len(items), file=sys.stderr)
+        for item in items:
+            yield item
+            bar.update()
+        sys.stderr.write('\n')
+
+
+def _short(keys: Sequence[str], limit: int = 6) -> str:
+    keys = list(keys)
+    more = f', ... (+{len(keys) - limit})' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
+                       allow_missing: bool = False
+                       ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Convert a checkpoint file to ``model``'s keys.
+
+    Returns:
+        tuple: the state dict to write and a report dict (``source``,
+        ``prefix``, ``dropped``, ``missing``, ``adapted``).
+
+    Raises:
+        ValueError: no key fits, a shape differs, or keys are missing
+            (unless ``allow_missing``).
+    """
+    from mmbackbone.checkpoint import CheckpointError, read_state_dict
+    from mmbackbone.checkpoint.convert import best_conversion, fit_score
+    from mmbackbone.checkpoint.loader import strip_prefix
+    state = read_state_dict(src)
+    target = model.state_dict()
+    candidates = []
+    if prefix:
+        candidates.append((prefix, strip_prefix(state, prefix, src)))
+    else:
+        candidates.append((None, state))
+        if any(k.startswith('backbone.') for k in state):
+            candidates.append(('backbone.',
+                               strip_prefix(state, 'backbone.', src)))
+    best = None
+    for used_prefix, candidate in candidates:
+        source, converted = best_conversion(candidate, model)
+        score = fit_score(converted, target)
+        if best is None or score > best[0]:
+            best = (score, used_prefix, source, converted)
+    _, used_prefix, source, converted = best
+    adapted: List[str] = []
+    if hasattr(model, 'adapt_state_dict'):
+        converted, adapted = model.adapt_state_dict(converted)
+    matched = [k for k in converted if k in target]
+    if not matched:
+        raise CheckpointError(
+            f'checkpoint {src}: none of its keys fits {type(model).__name__} '
+            f'(file keys like {list(state)[:3]}, model keys like '
+            f'{list(target)[:3]}); is it a checkpoint of this architecture?')
+    for key in matched:
+        if converted[key].shape != target[key].shape:
+            raise CheckpointError(
+                f'checkpoint {src}: {key} has shape '
+                f'{tuple(converted[key].shape)} but {type(model).__name__} '
+                f'expects {tuple(target[key].shape)}; check the --ARG options '
+                f'(depth, arch, ...)')
+    missing = [k for k in target if k not in converted
+               and not k.endswith('num_batches_tracked')]
+    if missing and not allow_missing:
+        raise CheckpointError(
+            f'checkpoint {src}: {len(missing)} tensors of '
+            f'{type(model).__name__} are missing from the file: '
+            f'{_short(missing)}; pass --allow-missing to write it anyway')
+    report = dict(source=source, prefix=used_prefix, adapted=adapted,
+                  dropped=sorted(k for k in converted if k not in target),
+                  missing=missing, src_keys=len(state))
+    return {k: converted[k] for k in matched}, report
+
+
+def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
+    """Convert a checkpoint to our keys and write ``.safetensors``."""
+    import torch
+    from safetensors.torch import save_file
+    dst = Path(args.dst)
+    if dst.suffix != '.safetensors':
+        raise ValueError(f'DST={args.dst!r} must end with .safetensors')
+    if args.config is not None:
+        if extra:
+            raise ValueError(f'--ARG options {extra} apply to --type only; '
+                             f'set them in the config {args.config}')
+        obj, type_name, kwargs = _backbone_from_config(args.config)
+    else:
+        obj, type_name, kwargs = resolve_backbone(args.type)
+        kwargs.update(parse_constructor_args(
+            obj, extra, f'mmbackbone convert SRC DST --type {args.type}'))
+    model = _build(obj, type_name, kwargs)
+    state, report = convert_checkpoint(args.src, model, args.prefix,
+                                       args.allow_missing)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    tensors = {}
+    for key in _progress(list(state), not args.no_progress):
+        tensor = state[key].detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[key] = tensor.contiguous().clone()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {'format': 'pt', 'type': type_name,
+                'kwargs': json.dumps(kwargs, default=repr),
+                'source': report['source'], 'converted_from': str(args.src)}
+    save_file(tensors, str(dst), metadata=metadata)
+    print(f'Converted {args.src} ({report["source"]} keys'
+          + (f", prefix {report['prefix']!r} stripped"
+             if report['prefix'] else '')
+          + f') to {_call_repr(type_name, kwargs)}: '
+          f'{len(tensors)} tensors written to {dst}')
+    if report['adapted']:
+        print(f'  adapted: {"; ".join(report["adapted"])}')
+    if report['dropped']:
+        print(f'  dropped {len(report["dropped"])} keys the model does not '
+              f'have: {_short(report["dropped"])}')
+    if report['missing']:
+        print(f'  missing {len(report["missing"])} model keys: '
+              f'{_short(report["missing"])}')
+    return 0
+
+
+register_subcommand('list', _setup_list, run_list,
+                    'list backbone types and their zoo arch names')
+register_subcommand('info', _setup_info, run_info,
+                    'build a backbone and print its outputs, params and '
+                    'GFLOPs', takes_extra=True)
+register_subcommand('convert', _setup_convert, run_convert,
+                    'convert a timm/torchvision/mmpretrain checkpoint to '
+                    'our keys (.safetensors)', takes_extra=True)
+
+
+# --------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser, one subparser per :data:`SUBCOMMANDS` entry."""
+    parser = argparse.ArgumentParser(
+        prog='mmbackbone',
+        description='List, inspect and convert mmbackbone backbones.')
+    from mmbackbone.version import __version__
+    parser.add_argument('--version', action='version',
+                        version=f'mmbackbone {__version__}')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name, command in SUBCOMMANDS.items():
+        add_help = name != 'info'  # info forwards --help to the TYPE
+        child = sub.add_parser(name, help=command.help,
+                               description=command.help, add_help=add_help)
+        command.setup(child)
+        child.set_defaults(_command=command, _parser=child)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``mmbackbone``; returns the exit code (0 ok, 1 error, 2 usage).
+
+    Example:
+        >>> main(['info', '--no-flops', 'ResNet', '--depth', '18'])
+        ResNet(depth=18)
+          out_indices:  (3,)
+          out_channels: (512,)
+          out_strides:  (32,)
+          out_features: 512
+          params:       11.18 M (11,176,512; 11,176,512 trainable)
+        0
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        command = getattr(args, '_command', None)
+        if command is None:
+            parser.print_help()
+            return 2
+        if extra and not command.takes_extra:
+            args._parser.error(f'unrecognized arguments: {" ".join(extra)}')
+        if command.takes_extra:
+            return int(command.run(args, extra) or 0)
+        return int(command.run(args) or 0)
+    except SystemExit as exit_:  # --help, usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    except USER_ERRORS as err:
+        print(f'mmbackbone {argv[0] if argv else ""}: error: '
+              f'{_message(err)}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Necks: between a backbone's tuple of maps and a head."""
+from .gap import GlobalAveragePooling
+from .mlp import MLPNeck
+
+__all__ = ['GlobalAveragePooling', 'MLPNeck']
