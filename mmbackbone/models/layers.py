@@ -80,3 +80,16 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
     if cfg is not None:
         _check_cfg(cfg, 'conv_cfg', ('Conv2d', 'Conv', 'Conv1d', 'Conv3d'))
     return build_conv_layer(cfg, *args, **kwargs)
+
+
+def linear_rates(max_rate: float, count: int) -> list:
+    """``count`` rates rising linearly from 0 to ``max_rate`` (stochastic
+    depth). Pure Python, so it also works under ``torch.device('meta')``.
+
+    Example:
+        >>> linear_rates(0.2, 3)
+        [0.0, 0.1, 0.2]
+    """
+    if count <= 1:
+        return [0.0] * count
+    return [max_rate * i / (count - 1) for i in range(count)]

@@ -131,7 +131,8 @@ class BaseBackbone(BaseModule):
             if isinstance(part, nn.Parameter):
                 part.requires_grad_(False)
                 continue
-            part.eval()
+            for module in part.modules():  # not .eval(): it would recurse
+                module.training = False
             for param in part.parameters():
                 param.requires_grad_(False)
 

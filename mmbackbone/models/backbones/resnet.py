@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, conv_layer, norm_layer
+from ..layers import act_layer, conv_layer, linear_rates, norm_layer
 from .base_backbone import BaseBackbone
 
 
@@ -328,7 +328,7 @@ class ResNet(BaseBackbone):
 
         self._make_stem_layer(in_channels, stem_channels)
         total = sum(spec.stage_blocks)
-        rates = torch.linspace(0, drop_path_rate, total).tolist()
+        rates = linear_rates(drop_path_rate, total)
         self.res_layers = []
         channels = stem_channels
         for i, num_blocks in enumerate(self.stage_blocks):

@@ -1,0 +1,31 @@
+# mmbackbone: `make demo` trains the default model, `make test` runs the suite.
+# Both create .venv on first use and install everything they need into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+DEMO_CONFIG := configs/resnet/resnet18_digits.py
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py requirements/runtime.txt requirements/tests.txt requirements/peers.txt requirements/peers-deps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[tests,optional]'
+	# peer libraries for the equivalence and downstream tests: their pins refuse mmcv-lite
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/peers.txt
+	$(BIN)/python -m pip install --quiet -r requirements/peers-deps.txt
+	touch $@
+
+demo: install
+	$(BIN)/python tools/train.py $(DEMO_CONFIG) --work-dir work_dirs/demo
+
+test: install
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+
+clean:
+	rm -rf $(VENV) work_dirs .pytest_cache
