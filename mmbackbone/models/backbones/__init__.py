@@ -1,6 +1,7 @@
 """Backbone families, one file each."""
 from .base_backbone import BaseBackbone
+from .cspnet import CSPDarkNet, CSPResNet, CSPResNeXt
 from .dla import DLA
 from .resnet import ResNet, ResNetV1c, ResNetV1d
 
-__all__ = ['BaseBackbone', 'DLA', 'ResNet', 'ResNetV1c', 'ResNetV1d']
+__all__ = ['BaseBackbone', 'CSPDarkNet', 'CSPResNet', 'CSPResNeXt', 'DLA', 'ResNet', 'ResNetV1c', 'ResNetV1d']
