@@ -160,10 +160,12 @@ def test_mmdet_style_config_fragment():
         assert built.depth == 50
 
 
-@pytest.mark.parametrize('alias', [50, '50', 'cspresnext50', 'CSPResNeXt50'])
-def test_arch_aliases(alias):
+@pytest.mark.parametrize('kwargs', [
+    dict(arch=50), dict(arch='50'), dict(arch='cspresnext50'),
+    dict(arch='CSPResNeXt50'), dict(depth=50, arch='cspresnext50'), dict()])
+def test_arch_aliases(kwargs):
     with torch.device('meta'):
-        model = CSPResNeXt(arch=alias)
+        model = CSPResNeXt(**kwargs)
     assert model.depth == 50 and model.arch is CSP_ARCHS['cspresnext50']
 
 
@@ -183,7 +185,8 @@ def test_zoo_configs_name_table_rows():
      r"arch=101 is not a CSPResNet depth; choose from \[50\]"),
     (CSPResNeXt, dict(arch='cspresnet50'), KeyError,
      r"choose from \[50\] \(or arch names \['cspresnext50'\]\)"),
-    (CSPResNet, dict(depth=50, arch=53), ValueError, 'disagree'),
+    (CSPResNet, dict(depth=50, arch=53), KeyError,
+     r'arch=53 is not a CSPResNet depth'),
     (CSPResNet, dict(arch=dict(num_block=(1, 1, 1, 1))), KeyError,
      r"unknown keys \['num_block'\]; valid keys are"),
     (CSPDarkNet, dict(out_indices=(5, )), ValueError,

@@ -548,9 +548,12 @@ class CSPNet(BaseBackbone):
                 depth = next(iter(cls.arch_settings))
             base = cls.resolve_depth(depth, None)[1]
             return None, make_arch(arch, base=base)
-        if depth is not None and arch is not None and depth != arch:
-            raise ValueError(f'depth={depth!r} and arch={arch!r} disagree; '
-                             f'give one of them')
+        if depth is not None and arch is not None:
+            if cls.resolve_depth(depth, None) != cls.resolve_depth(None,
+                                                                   arch):
+                raise ValueError(f'depth={depth!r} and arch={arch!r} '
+                                 f'disagree; give one of them')
+            arch = None
         value = depth if depth is not None else arch
         arg = 'depth' if depth is not None or arch is None else 'arch'
         if value is None:
