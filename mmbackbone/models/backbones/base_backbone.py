@@ -206,6 +206,26 @@ class BaseBackbone(BaseModule):
         return state_dict, [f'{key}: {weight.shape[1]} -> {want.shape[1]} '
                             f'input channels']
 
+    def _setup_pretrained(self, pretrained, arch: str) -> None:
+        """Load indexed weights now for ``pretrained=True`` or a name.
+
+        Call it last in ``__init__``. The weights index gives the URL,
+        hash, prefix and source format; the file is then loaded like any
+        ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+        """
+        if pretrained is False or pretrained is None:
+            return
+        from mmbackbone.zoo import weights_for
+        entry = weights_for(type(self).__name__, arch, pretrained)
+        _, given = _split_pretrained(self.init_cfg)
+        if given is not None:
+            raise ValueError(f'pretrained={pretrained!r} and init_cfg='
+                             f'{given!r} both name weights; give one')
+        self.init_cfg = dict(type='Pretrained',
+                             checkpoint=f'mmbackbone://{entry.name}',
+                             prefix=entry.prefix)
+        self.init_weights()
+
     def _init_after_random(self) -> None:
         """Hook run after random initialisation (not after loading)."""
 

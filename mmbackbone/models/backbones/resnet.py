@@ -237,6 +237,9 @@ class ResNet(BaseBackbone):
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone')``.
         drop_path_rate (float): stochastic depth, linear over blocks.
         arch (int | str, optional): alias of ``depth``.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            for this arch, a name (``'resnet50.mmpretrain_in1k'``) that
+            entry; see ``mmbackbone weights``. Default: False.
 
     Example:
         >>> import torch
@@ -279,7 +282,8 @@ class ResNet(BaseBackbone):
                           layer=['_BatchNorm', 'GroupNorm'])
                  ],
                  drop_path_rate: float = 0.0,
-                 arch: Union[int, str, None] = None):
+                 arch: Union[int, str, None] = None,
+                 pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.depth = parse_depth(depth, arch)
         spec = RESNET_ARCHS[self.depth]
@@ -345,6 +349,7 @@ class ResNet(BaseBackbone):
             self.res_layers.append(f'layer{i + 1}')
         self.feat_dim = widths[-1]
         self._freeze_stages()
+        self._setup_pretrained(pretrained, f'resnet{self.depth}')
 
     def make_res_layer(self, **kwargs) -> ResLayer:
         """Build one stage (override to change the block layout)."""
