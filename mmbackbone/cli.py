@@ -2,8 +2,9 @@
 
 Usage::
 
+    mmbackbone [--import MODULE] COMMAND ...
     mmbackbone list [PATTERN]
-    mmbackbone info [--input-size N] [--no-flops] TYPE [--ARG VALUE ...]
+    mmbackbone info [--flops-at N] [--no-flops] TYPE [--ARG VALUE ...]
     mmbackbone convert SRC DST.safetensors (--type TYPE [--ARG VALUE ...]
                                             | --config FILE) [--prefix P]
 
@@ -25,8 +26,10 @@ Example:
 import argparse
 import ast
 import fnmatch
+import importlib
 import inspect
 import json
+import os
 import re
 import sys
 import types
@@ -207,7 +210,7 @@ def constructor_parser(obj: Callable, prog: str
         epilog += ' Other --NAME VALUE pairs are passed on as keyword ' \
                   'arguments.'
     parser = argparse.ArgumentParser(prog=prog, description=doc,
-                                     epilog=epilog)
+                                     epilog=epilog, allow_abbrev=False)
     docs = _arg_docs(obj)
     by_dest = {}
     for param in params:
@@ -305,8 +308,8 @@ def _setup_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-h', '--help', action='store_true',
                         help='show this help, or with TYPE the options of '
                         'its constructor')
-    parser.add_argument('--input-size', default='224', metavar='N|HxW',
-                        help='input size for the FLOP count (default 224)')
+    parser.add_argument('--flops-at', default='224', metavar='N|HxW',
+                        help='input size of the FLOP count (default 224)')
     parser.add_argument('--no-flops', action='store_true',
                         help='skip the FLOP count (a jit trace)')
     parser.add_argument('type', nargs='?', metavar='TYPE',
@@ -316,7 +319,7 @@ def _setup_info(parser: argparse.ArgumentParser) -> None:
 def _input_size(text: str) -> Tuple[int, int]:
     match = re.fullmatch(r'(\d+)(?:[x,](\d+))?', text.strip())
     if not match or int(match.group(1)) < 1:
-        raise ValueError(f'--input-size={text!r} must be N or HxW, e.g. 224 '
+        raise ValueError(f'--flops-at={text!r} must be N or HxW, e.g. 224 '
                          f'or 224x320')
     height = int(match.group(1))
     return height, int(match.group(2) or height)
@@ -366,7 +369,7 @@ def run_info(args: argparse.Namespace, extra: List[str]) -> int:
     prog = f'mmbackbone info {args.type}'
     argv = list(extra) + (['--help'] if args.help else [])
     kwargs.update(parse_constructor_args(obj, argv, prog))
-    height, width = _input_size(args.input_size)
+    height, width = _input_size(args.flops_at)
     model = _build(obj, type_name, kwargs).eval()
     in_channels = kwargs.get('in_channels', 3)
     if not isinstance(in_channels, int) or isinstance(in_channels, bool):
@@ -454,7 +457,9 @@ def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
 
     Returns:
         tuple: the state dict to write and a report dict (``source``,
-        ``prefix``, ``dropped``, ``missing``, ``adapted``).
+        ``prefix``, ``dropped`` (file keys not written; ``None`` when they
+        cannot be told apart from renamed ones), ``missing``, ``adapted``,
+        ``src_keys`` (tensors in the file)).
 
     Raises:
         ValueError: no key fits, a shape differs, or keys are missing
@@ -478,8 +483,8 @@ def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
         source, converted = best_conversion(candidate, model)
         score = fit_score(converted, target)
         if best is None or score > best[0]:
-            best = (score, used_prefix, source, converted)
-    _, used_prefix, source, converted = best
+            best = (score, used_prefix, source, converted, candidate)
+    _, used_prefix, source, converted, original = best
     adapted: List[str] = []
     if hasattr(model, 'adapt_state_dict'):
         converted, adapted = model.adapt_state_dict(converted)
@@ -503,10 +508,34 @@ def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
             f'checkpoint {src}: {len(missing)} tensors of '
             f'{type(model).__name__} are missing from the file: '
             f'{_short(missing)}; pass --allow-missing to write it anyway')
+    written = {k: converted[k] for k in matched}
     report = dict(source=source, prefix=used_prefix, adapted=adapted,
-                  dropped=sorted(k for k in converted if k not in target),
-                  missing=missing, src_keys=len(state))
-    return {k: converted[k] for k in matched}, report
+                  missing=missing, src_keys=len(state),
+                  dropped=_unused_keys(state, original, written,
+                                       used_prefix))
+    return written, report
+
+
+def _unused_keys(state: Dict[str, Any], original: Dict[str, Any],
+                 written: Dict[str, Any],
+                 prefix: Optional[str]) -> Optional[List[str]]:
+    """File keys whose tensors were not written, in the file's spelling.
+
+    Converters rename keys and pass tensors through, so a tensor is
+    recognised by its storage. When that accounting does not add up
+    (a converter built new tensors), ``None``.
+    """
+    def storage(tensor):
+        return tensor.untyped_storage().data_ptr()
+
+    head = prefix.rstrip('.') + '.' if prefix else ''
+    outside = [k for k in state if not k.startswith(head)]
+    used = {storage(t) for t in written.values()}
+    unused = [head + k for k, t in original.items()
+              if storage(t) not in used]
+    if len(original) - len(unused) != len(written):
+        return None
+    return sorted(outside + unused)
 
 
 def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
@@ -539,7 +568,12 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
     metadata = {'format': 'pt', 'type': type_name,
                 'kwargs': json.dumps(kwargs, default=repr),
                 'source': report['source'], 'converted_from': str(args.src)}
-    save_file(tensors, str(dst), metadata=metadata)
+    partial = dst.with_name(dst.name + '.tmp')
+    try:  # write next to DST, then rename: no half-written DST
+        save_file(tensors, str(partial), metadata=metadata)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f'Converted {args.src} ({report["source"]} keys'
           + (f", prefix {report['prefix']!r} stripped"
              if report['prefix'] else '')
@@ -550,6 +584,9 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
     if report['dropped']:
         print(f'  dropped {len(report["dropped"])} keys the model does not '
               f'have: {_short(report["dropped"])}')
+    elif report['dropped'] is None:
+        print(f'  {report["src_keys"] - len(tensors)} of the file\'s '
+              f'{report["src_keys"]} tensors were not written')
     if report['missing']:
         print(f'  missing {len(report["missing"])} model keys: '
               f'{_short(report["missing"])}')
@@ -571,15 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser, one subparser per :data:`SUBCOMMANDS` entry."""
     parser = argparse.ArgumentParser(
         prog='mmbackbone',
-        description='List, inspect and convert mmbackbone backbones.')
+        description='List, inspect and convert mmbackbone backbones.',
+        allow_abbrev=False)
     from mmbackbone.version import __version__
     parser.add_argument('--version', action='version',
                         version=f'mmbackbone {__version__}')
+    parser.add_argument('--import', dest='imports', action='append',
+                        default=[], metavar='MODULE',
+                        help='import a module first (repeatable), e.g. one '
+                        'that registers your own backbones')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, command in SUBCOMMANDS.items():
         add_help = name != 'info'  # info forwards --help to the TYPE
         child = sub.add_parser(name, help=command.help,
-                               description=command.help, add_help=add_help)
+                               description=command.help, add_help=add_help,
+                               allow_abbrev=False)
         command.setup(child)
         child.set_defaults(_command=command, _parser=child)
     return parser
@@ -608,14 +651,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         if extra and not command.takes_extra:
             args._parser.error(f'unrecognized arguments: {" ".join(extra)}')
+        for module in args.imports:
+            importlib.import_module(module)
         if command.takes_extra:
             return int(command.run(args, extra) or 0)
         return int(command.run(args) or 0)
     except SystemExit as exit_:  # --help, usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
-    except USER_ERRORS as err:
-        print(f'mmbackbone {argv[0] if argv else ""}: error: '
+    except (*USER_ERRORS, ImportError) as err:
+        print(f'mmbackbone {args.command}: error: '
               f'{_message(err)}', file=sys.stderr)
         return 1
 

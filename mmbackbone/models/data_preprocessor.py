@@ -6,6 +6,7 @@ import torch
 from mmengine.model import ImgDataPreprocessor
 
 from mmbackbone.registry import MODELS
+from .heads.cls_head import to_plain
 
 
 def _check_stats(value, name: str) -> Optional[tuple]:
@@ -57,8 +58,8 @@ class ClsDataPreprocessor(ImgDataPreprocessor):
                  std: Optional[Sequence[float]] = None,
                  to_rgb: bool = False,
                  num_classes: Optional[int] = None):
-        mean = _check_stats(mean, 'mean')
-        std = _check_stats(std, 'std')
+        mean = _check_stats(to_plain(mean), 'mean')
+        std = _check_stats(to_plain(std), 'std')
         if (mean is None) != (std is None):
             raise ValueError(f'mean={mean!r} and std={std!r}: give both (to '
                              f'normalise) or neither')

@@ -8,20 +8,13 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
+from ..heads.cls_head import make_predictions, stack_targets, to_plain
 
 MODES = ('tensor', 'loss', 'predict')
 RETURNTS = ('out', 'features', 'both', 'full')
 STAGES = ('backbone', 'neck', 'pre_logits')
 #: Constructor arguments filled from the upstream ``out_features``.
 WIDTH_ARGS = ('in_channels', 'in_features')
-
-
-def to_plain(cfg: Any) -> Any:
-    """OmegaConf containers (from Hydra) to plain dicts and lists."""
-    if type(cfg).__module__.startswith('omegaconf'):
-        from omegaconf import OmegaConf
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def _build(cfg: Any, what: str, width: Optional[int] = None,
@@ -263,7 +256,6 @@ class ImageClassifier(BaseModel):
         feats = self.extract_feat(inputs)
         if hasattr(self.head, 'loss'):
             return self.head.loss(feats, data_samples)
-        from mmbackbone.models.heads.cls_head import stack_targets
         logits = self._classify(self._pre_logits(feats))
         target = stack_targets(data_samples, logits.shape[1])
         return {'loss': F.cross_entropy(logits, target.to(logits.device))}
@@ -275,7 +267,6 @@ class ImageClassifier(BaseModel):
         feats = self.extract_feat(inputs)
         if hasattr(self.head, 'predict'):
             return self.head.predict(feats, data_samples)
-        from mmbackbone.models.heads.cls_head import make_predictions
         with torch.no_grad():
             logits = self._classify(self._pre_logits(feats))
         return make_predictions(logits, data_samples)

@@ -25,8 +25,18 @@ def _check_int(value, name: str, low: int = 1) -> int:
     return value
 
 
+def to_plain(cfg):
+    """OmegaConf containers (Hydra passes nested configs as ``DictConfig``
+    / ``ListConfig``) to plain dicts and lists; anything else unchanged."""
+    if type(cfg).__module__.startswith('omegaconf'):
+        from omegaconf import OmegaConf
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
 def build_loss(loss) -> nn.Module:
     """A loss module from a config dict (registered types) or a module."""
+    loss = to_plain(loss)
     if isinstance(loss, nn.Module):
         return loss
     if not isinstance(loss, dict):
@@ -122,7 +132,8 @@ class ClsHead(BaseModule):
     def __init__(self, loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int, ...]] = (1, ),
                  cal_acc: bool = False, init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=to_plain(init_cfg))
+        topk = to_plain(topk)
         if isinstance(topk, int) and not isinstance(topk, bool):
             topk = (topk, )
         if not isinstance(topk, (tuple, list)) or not topk or any(
@@ -146,7 +157,8 @@ class ClsHead(BaseModule):
         if not isinstance(x, Tensor):
             raise TypeError(f'{type(self).__name__} takes a Tensor or a '
                             f'tuple of Tensors; got {type(x).__name__}')
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if not torch.jit.is_tracing() and (
+                x.ndim != 2 or x.shape[1] != self.in_features):
             hint = (" (a map: add neck=dict(type='GlobalAveragePooling'))"
                     if x.ndim == 4 else '')
             raise ValueError(f'{type(self).__name__} takes (N, '

@@ -1,9 +1,11 @@
 """A constant-width MLP between a pooled backbone and a head."""
 from typing import Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
+from ..heads.cls_head import to_plain
 from ..layers import act_layer, norm_layer
 
 #: 2-D norm names mapped to their 1-D form: the MLP sees (N, C) features.
@@ -66,6 +68,7 @@ class MLPNeck(nn.Module):
                  act_cfg: Optional[dict] = dict(type='ReLU'),
                  norm_cfg: Optional[dict] = None):
         super().__init__()
+        act_cfg, norm_cfg = to_plain(act_cfg), to_plain(norm_cfg)
         self.in_features = _positive_int(in_channels, 'in_channels')
         self.depth = _positive_int(depth, 'depth', allow_zero=True)
         if hidden_channels is None:
@@ -99,7 +102,8 @@ class MLPNeck(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f'MLPNeck takes a Tensor or a tuple of Tensors; '
                             f'got {type(x).__name__}')
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if not torch.jit.is_tracing() and (
+                x.ndim != 2 or x.shape[1] != self.in_features):
             hint = (' (a map: put GlobalAveragePooling before MLPNeck)'
                     if x.ndim == 4 else '')
             raise ValueError(f'MLPNeck(in_channels={self.in_features}) '

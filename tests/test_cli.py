@@ -1,0 +1,338 @@
+"""The ``mmbackbone`` command: list, info, convert (peers: torchvision, timm,
+mmpretrain checkpoints and models)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmbackbone import build_backbone
+from mmbackbone.cli import (SUBCOMMANDS, count_flops, main, parse_value,
+                            register_subcommand)
+from mmbackbone.registry import MODELS
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: one intra-op thread avoids oversubscribing the cores
+    when tests run in parallel (pytest -n) or next to other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def field(out, name):
+    """The value printed after ``name:``."""
+    for line in out.splitlines():
+        if line.strip().startswith(f'{name}:'):
+            return line.split(':', 1)[1].strip()
+    raise AssertionError(f'{name} not printed in:\n{out}')
+
+
+# ------------------------------------------------------------------ info
+def test_info_resnet101_matches_torchvision(capsys):
+    import torchvision
+    code, out, err = run(capsys, 'info', 'ResNet', '--depth', '101')
+    assert code == 0, err
+    assert out.splitlines()[0] == 'ResNet(depth=101)'
+    assert field(out, 'out_channels') == '(2048,)'
+    assert field(out, 'out_strides') == '(32,)'
+    peer = torchvision.models.resnet101()
+    peer_params = sum(p.numel() for name, p in peer.named_parameters()
+                      if not name.startswith('fc.'))
+    assert f'({peer_params:,};' in field(out, 'params')
+    # FLOPs: torchvision's ResNet-101 up to the pooled features, counted by
+    # the same analyzer
+    peer.fc = torch.nn.Identity()
+    peer_gflops = count_flops(peer.eval(), (1, 3, 224, 224)) / 1e9
+    ours = float(field(out, 'GFLOPs').split()[0])
+    assert abs(ours - peer_gflops) < 0.02, (ours, peer_gflops)
+
+
+def test_info_through_python_m():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mmbackbone.cli', 'info', 'ResNet', '--depth',
+         '101'], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr
+    assert field(proc.stdout, 'out_channels') == '(2048,)'
+    assert field(proc.stdout, 'params').startswith('42.50 M (42,500,160;')
+    assert 'GFLOPs' in proc.stdout
+
+
+def test_info_literal_arguments_and_arch_names(capsys):
+    code, out, err = run(capsys, 'info', '--no-flops', 'ResNet', '--depth',
+                         '18', '--out_indices', '(0, -1)', '--norm-eval',
+                         'true', '--frozen_stages', '1')
+    assert code == 0, err
+    assert out.splitlines()[0] == ('ResNet(depth=18, out_indices=(0, -1), '
+                                   'norm_eval=True, frozen_stages=1)')
+    assert field(out, 'out_channels') == '(64, 512)'
+    assert field(out, 'out_strides') == '(4, 32)'
+    reference = build_backbone(dict(type='ResNet', depth=18,
+                                    frozen_stages=1))
+    trainable = sum(p.numel() for p in reference.parameters()
+                    if p.requires_grad)
+    assert f'{trainable:,} trainable' in field(out, 'params')
+    assert 'GFLOPs' not in out
+    # a zoo arch name gives the type and its config
+    code, out, _ = run(capsys, 'info', '--flops-at', '64', 'resnet18',
+                       '--out_indices', '(3,)')
+    assert code == 0
+    assert out.splitlines()[0] == 'ResNet(depth=18, out_indices=(3,))'
+    assert 'at 1x3x64x64' in field(out, 'GFLOPs')
+    # **kwargs subclasses get the base class's options
+    code, out, _ = run(capsys, 'info', '--no-flops', 'ResNetV1d', '--depth',
+                       '50')
+    assert code == 0 and field(out, 'out_channels') == '(2048,)'
+
+
+def test_info_help_lists_constructor_options(capsys):
+    code, out, _ = run(capsys, 'info', 'ResNet', '--help')
+    assert code == 0
+    assert 'usage: mmbackbone info ResNet' in out
+    for option in ('--depth', '--out_indices', '--frozen_stages',
+                   '--norm-eval', '--with_cp'):
+        assert option in out
+    assert '(default: 3)' in out  # in_channels
+    code, out, _ = run(capsys, 'info', '--help')
+    assert code == 0 and '--flops-at' in out and 'TYPE' in out
+
+
+def test_info_errors(capsys):
+    code, _, err = run(capsys, 'info', 'ResNet', '--depth', '19')
+    assert code == 1 and 'depth' in err and '101' in err
+    code, _, err = run(capsys, 'info', 'Resnet')
+    assert code == 1 and "Did you mean" in err and 'ResNet' in err
+    code, _, err = run(capsys, 'info', 'ResNet', '--bogus', '1')
+    assert code == 2 and 'unrecognized arguments: --bogus 1' in err
+    code, _, err = run(capsys, 'info', '--flops-at', 'big', 'ResNet')
+    assert code == 1 and "--flops-at='big' must be N or HxW" in err
+    code, _, err = run(capsys, 'info', 'ResNet', '--norm_eval', 'maybe')
+    assert code == 1 and "--norm_eval='maybe' must be true or false" in err
+    code, out, _ = run(capsys, 'info')
+    assert code == 2 and 'usage:' in out
+
+
+def test_parse_value_is_literal_only():
+    import inspect
+
+    def f(name: str = 'a', flag=False, depth=None):
+        pass
+
+    params = inspect.signature(f).parameters
+    assert parse_value('(0, 3)') == (0, 3)
+    assert parse_value("{'type': 'BN'}") == {'type': 'BN'}
+    assert parse_value('None') is None
+    assert parse_value('pytorch') == 'pytorch'
+    assert parse_value("__import__('os').getcwd()") == \
+        "__import__('os').getcwd()"  # text, never evaluated
+    assert parse_value('18', params['name']) == '18'
+    assert parse_value('yes', params['flag']) is True
+    assert parse_value('101', params['depth']) == 101
+
+
+# ------------------------------------------------------------------ list
+def test_list(capsys):
+    code, out, _ = run(capsys, 'list')
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert 'resnet50' in rows['ResNet']
+    from mmbackbone import list_backbones
+    assert sorted(rows) == list_backbones()
+    code, out, _ = run(capsys, 'list', 'resnetv1*')
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ['ResNetV1c',
+                                                              'ResNetV1d']
+    code, out, _ = run(capsys, 'list', 'resnet10?')
+    assert code == 0
+    assert 'ResNet ' in out and 'resnet101' in out and 'resnet50' not in out
+    code, _, err = run(capsys, 'list', 'nothing*here')
+    assert code == 1 and 'no backbone type or arch matches' in err
+
+
+def test_main_usage(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and 'COMMAND' in out
+    code, out, _ = run(capsys, '--version')
+    assert code == 0 and out.startswith('mmbackbone ')
+    code, _, err = run(capsys, 'list', 'a', 'b')
+    assert code == 2 and 'unrecognized arguments: b' in err
+
+
+def test_register_subcommand(capsys):
+    def setup(parser):
+        parser.add_argument('name')
+
+    def run_weights(args):
+        print(f'weights for {args.name}')
+        return 0
+
+    register_subcommand('weights', setup, run_weights, 'list weights')
+    try:
+        code, out, _ = run(capsys, 'weights', 'resnet50')
+        assert code == 0 and out == 'weights for resnet50\n'
+    finally:
+        SUBCOMMANDS.pop('weights')
+
+
+def test_import_option_registers_custom_backbone(capsys, tmp_path,
+                                                 monkeypatch):
+    (tmp_path / 'cli_custom_net.py').write_text(textwrap.dedent('''
+        from torch import nn
+        from mmbackbone.registry import MODELS
+
+        @MODELS.register_module()
+        class CliCustomNet(nn.Module):
+            is_backbone = True
+
+            def __init__(self, width: int = 4):
+                super().__init__()
+                self.conv = nn.Conv2d(3, width, 3)
+                self.out_features = width
+
+            def forward(self, x):
+                return (self.conv(x), )
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        code, out, err = run(capsys, '--import', 'cli_custom_net', 'info',
+                             '--flops-at', '10', 'CliCustomNet', '--width',
+                             '6')
+        assert code == 0, err
+        assert field(out, 'out_features') == '6'
+        assert field(out, 'params').endswith('(168; 168 trainable)')
+        assert float(field(out, 'GFLOPs').split()[0]) == 0.0  # 6*27*64 MACs
+        code, out, _ = run(capsys, 'list', 'CliCustom*')
+        assert out.split() == ['CliCustomNet', '-']
+    finally:
+        MODELS.module_dict.pop('CliCustomNet', None)
+        sys.modules.pop('cli_custom_net', None)
+    code, _, err = run(capsys, '--import', 'no_such_module_xyz', 'list')
+    assert code == 1 and 'no_such_module_xyz' in err
+
+
+# --------------------------------------------------------------- convert
+def _features_equal(path, peer_forward, depth=18):
+    ours = build_backbone(dict(type='ResNet', depth=depth)).eval()
+    state = load_file(str(path))
+    ours.load_state_dict(state, strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        diff = (ours(x)[0] - peer_forward(x)).abs().max().item()
+    assert diff < 1e-5, diff
+    return diff
+
+
+def _randomize_bn(model):
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_convert_torchvision_checkpoint(capsys, tmp_path):
+    import torchvision
+    peer = _randomize_bn(torchvision.models.resnet18())
+    src, dst = tmp_path / 'tv.pth', tmp_path / 'out' / 'r18.safetensors'
+    torch.save(peer.state_dict(), src)
+    code, out, err = run(capsys, 'convert', str(src), str(dst), '--type',
+                         'ResNet', '--depth', '18', '--no-progress')
+    assert code == 0, err
+    assert '(torchvision/timm keys)' in out
+    assert 'dropped 2 keys the model does not have: fc.bias, fc.weight' in out
+    trunk = torch.nn.Sequential(*list(peer.children())[:-2])
+    _features_equal(dst, trunk)
+
+
+def test_convert_timm_checkpoint_with_dtype(capsys, tmp_path):
+    import timm
+    peer = _randomize_bn(timm.create_model('resnet18', pretrained=False))
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'r18.safetensors'
+    torch.save({'state_dict': peer.state_dict()}, src)
+    code, out, err = run(capsys, 'convert', str(src), str(dst), '--type',
+                         'resnet18')
+    assert code == 0, err
+    assert 'tensors written to' in out
+    _features_equal(dst, peer.forward_features)
+    half = tmp_path / 'r18_fp16.safetensors'
+    assert main(['convert', str(src), str(half), '--type', 'resnet18',
+                 '--dtype', 'float16', '--no-progress']) == 0
+    state = load_file(str(half))
+    assert state['conv1.weight'].dtype == torch.float16
+    assert state['bn1.num_batches_tracked'].dtype == torch.int64
+
+
+def test_convert_mmpretrain_classifier_and_config(capsys, tmp_path):
+    import mmpretrain.models  # noqa: F401
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    peer = PRETRAIN_MODELS.build(dict(
+        type='ImageClassifier', backbone=dict(type='ResNet', depth=18),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=512)))
+    _randomize_bn(peer)
+    src = tmp_path / 'mmpretrain.pth'
+    torch.save({'meta': {'epoch': 3}, 'state_dict': peer.state_dict()}, src)
+    config = tmp_path / 'cfg.py'
+    config.write_text("model = dict(type='ImageClassifier', "
+                      "backbone=dict(type='ResNet', depth=18, init_cfg=dict("
+                      "type='Pretrained', checkpoint='missing.pth')))\n")
+    dst = tmp_path / 'r18.safetensors'
+    code, out, err = run(capsys, 'convert', str(src), str(dst), '--config',
+                         str(config), '--no-progress')
+    assert code == 0, err
+    assert "prefix 'backbone.' stripped" in out
+    assert 'dropped 2 keys the model does not have: head.fc.bias' in out
+    _features_equal(dst, lambda x: peer.backbone(x)[0])
+    from safetensors import safe_open
+    with safe_open(str(dst), framework='pt') as f:
+        metadata = f.metadata()
+    assert metadata['type'] == 'ResNet' and metadata['source']
+
+
+def test_convert_errors(capsys, tmp_path):
+    src = tmp_path / 'ours.pth'
+    state = build_backbone(dict(type='ResNet', depth=18)).state_dict()
+    torch.save(state, src)
+    code, _, err = run(capsys, 'convert', str(src), str(tmp_path / 'x.pth'),
+                       '--type', 'ResNet', '--depth', '18')
+    assert code == 1 and "DST=" in err and 'must end with .safetensors' in err
+    dst = str(tmp_path / 'x.safetensors')
+    code, _, err = run(capsys, 'convert', str(src), dst, '--type', 'ResNet',
+                       '--depth', '34')
+    assert code == 1 and 'missing from the file' in err
+    code, _, err = run(capsys, 'convert', str(src), dst, '--type', 'ResNet',
+                       '--depth', '50')
+    assert code == 1 and 'has shape' in err and 'expects' in err
+    code, _, err = run(capsys, 'convert', str(tmp_path / 'nope.pth'), dst,
+                       '--type', 'ResNet', '--depth', '18')
+    assert code == 1 and 'nope.pth does not exist' in err
+    code, _, err = run(capsys, 'convert', str(src), dst)
+    assert code == 2 and 'one of the arguments --type --config' in err
+    partial = {k: v for k, v in state.items() if not k.startswith('layer4')}
+    torch.save(partial, src)
+    code, _, err = run(capsys, 'convert', str(src), dst, '--type',
+                       'resnet18', '--no-progress')
+    assert code == 1 and 'pass --allow-missing' in err
+    code, out, err = run(capsys, 'convert', str(src), dst, '--type',
+                         'resnet18', '--allow-missing', '--no-progress')
+    assert code == 0, err
+    assert 'missing' in out and 'layer4.0.conv1.weight' in out
+    assert not Path(dst + '.tmp').exists()
+    assert len(load_file(dst)) == len(partial)
