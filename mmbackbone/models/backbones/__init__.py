@@ -3,5 +3,6 @@ from .base_backbone import BaseBackbone
 from .cspnet import CSPDarkNet, CSPResNet, CSPResNeXt
 from .dla import DLA
 from .resnet import ResNet, ResNetV1c, ResNetV1d
+from .vision_transformer import VisionTransformer
 
-__all__ = ['BaseBackbone', 'CSPDarkNet', 'CSPResNet', 'CSPResNeXt', 'DLA', 'ResNet', 'ResNetV1c', 'ResNetV1d']
+__all__ = ['BaseBackbone', 'CSPDarkNet', 'CSPResNet', 'CSPResNeXt', 'DLA', 'ResNet', 'ResNetV1c', 'ResNetV1d', 'VisionTransformer']
