@@ -1,0 +1,369 @@
+"""TIMMBackbone against timm itself, with the same (random) weights."""
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from torch.testing import assert_close
+
+from mmbackbone import build_backbone
+from mmbackbone.checkpoint import CheckpointError
+from mmbackbone.models import TIMMBackbone
+from mmbackbone.models.backbones.base_backbone import NORM_TYPES
+
+VIT = dict(model_name='vit_tiny_patch16_224', img_size=64)
+
+
+def randomize_norm_stats(model):
+    """Give BatchNorm buffers non-trivial values so eval outputs differ."""
+    gen = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(
+                torch.randn(module.running_mean.shape, generator=gen) * 0.1)
+            module.running_var.copy_(
+                torch.rand(module.running_var.shape, generator=gen) + 0.5)
+    return model
+
+
+@pytest.fixture(scope='module')
+def resnet18_file(tmp_path_factory):
+    torch.manual_seed(0)
+    raw = randomize_norm_stats(timm.create_model('resnet18'))
+    path = tmp_path_factory.mktemp('timm') / 'resnet18.pth'
+    torch.save(raw.state_dict(), path)
+    return path, raw.eval()
+
+
+@pytest.fixture(scope='module')
+def vit_file(tmp_path_factory):
+    """A 224x224 ViT-Tiny checkpoint: loading it at 64x64 resizes pos_embed."""
+    torch.manual_seed(0)
+    raw = timm.create_model('vit_tiny_patch16_224')
+    path = tmp_path_factory.mktemp('timm') / 'vit_tiny.pth'
+    torch.save(raw.state_dict(), path)
+    return path
+
+
+def timm_features(path, model_name, **kwargs):
+    """timm's own features_only model with the file's weights."""
+    return timm.create_model(model_name, features_only=True, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(path)),
+                             **kwargs).eval()
+
+
+def ours_from_init_cfg(path, **kwargs):
+    model = build_backbone(dict(type='TIMMBackbone', init_cfg=dict(
+        type='Pretrained', checkpoint=str(path)), **kwargs))
+    model.init_weights()
+    return model.eval()
+
+
+def max_diff(outs, refs):
+    assert len(outs) == len(refs)
+    return max((a - b).abs().max().item() for a, b in zip(outs, refs))
+
+
+def test_import_mmbackbone_does_not_import_timm():
+    code = ('import sys, mmbackbone; '
+            "assert 'timm' not in sys.modules, 'timm imported'; "
+            'from mmbackbone.models import TIMMBackbone; '
+            "assert 'timm' not in sys.modules, 'timm imported'")
+    subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_resnet18_matches_timm_features(resnet18_file):
+    path, _ = resnet18_file
+    peer = timm_features(path, 'resnet18')
+    ours = ours_from_init_cfg(path, model_name='resnet18')
+    assert ours.out_indices == (0, 1, 2, 3, 4)
+    assert ours.out_channels == tuple(peer.feature_info.channels())
+    assert ours.out_strides == tuple(peer.feature_info.reduction())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        outs, refs = ours(x), peer(x)
+    assert_close(outs, tuple(refs), atol=1e-5, rtol=0)
+    assert max_diff(outs, refs) == 0  # same weights, same ops
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (64, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_patch16_224',
+                                  'deit_tiny_patch16_224'])
+def test_vit_matches_timm_features(vit_file, name):
+    # DeiT-Tiny and ViT-Tiny share one layout, so one file fits both
+    kwargs = dict(VIT, model_name=name)
+    peer = timm_features(vit_file, out_indices=(0, 5, 11), **kwargs)
+    ours = ours_from_init_cfg(vit_file, out_indices=(0, 5, -1), **kwargs)
+    assert ours.out_channels == (192, 192, 192)
+    assert ours.out_strides == (16, 16, 16)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        outs, refs = ours(x), peer(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 192, 4, 4)] * 3
+    assert_close(outs, tuple(refs), atol=1e-5, rtol=0)
+
+
+def test_vit_default_out_indices_follow_timm(vit_file):
+    peer = timm_features(vit_file, **VIT)
+    ours = TIMMBackbone(checkpoint_path=str(vit_file), **VIT).eval()
+    assert ours.num_levels == 12
+    assert ours.out_indices == tuple(peer.feature_info.out_indices) == (
+        9, 10, 11)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(ours(x), tuple(peer(x)), atol=1e-5, rtol=0)
+
+
+def test_negative_out_indices_keep_the_order_given(resnet18_file):
+    path, _ = resnet18_file
+    peer = timm_features(path, 'resnet18')
+    ours = TIMMBackbone('resnet18', out_indices=[-1, 0, -3],
+                        checkpoint_path=str(path)).eval()
+    assert ours.out_indices == (4, 0, 2)
+    assert ours.out_channels == (512, 64, 128)
+    assert ours.out_strides == (32, 2, 8)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        outs, refs = ours(x), peer(x)
+    assert_close(outs, (refs[4], refs[0], refs[2]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('bad', [(5, ), (-6, ), (0, 9)])
+def test_out_of_range_out_indices_name_the_range(bad):
+    with pytest.raises(ValueError, match=r'out_indices=.*valid indices are '
+                       r'\[-5, 4\]'):
+        TIMMBackbone('resnet18', out_indices=bad)
+
+
+def frozen_and_trainable(model, frozen_names, trainable_names):
+    model.train()
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    for name in frozen_names:
+        if name in params:
+            assert not params[name].requires_grad, name
+        else:
+            assert all(not p.requires_grad
+                       for p in modules[name].parameters()), name
+            assert all(not m.training for m in modules[name].modules()), name
+    for name in trainable_names:
+        assert modules[name].training, name
+        assert all(p.requires_grad for p in modules[name].parameters()), name
+
+
+def test_frozen_stages_resnet18():
+    model = TIMMBackbone('resnet18', frozen_stages=1)
+    parts = model.stage_parts()
+    assert len(parts) == 5
+    stem = 'timm_model.'
+    frozen_and_trainable(
+        model, [stem + n for n in ('conv1', 'bn1', 'maxpool', 'layer1')],
+        [stem + n for n in ('layer2', 'layer3', 'layer4')])
+    # holds after a second train() too, and grads skip the frozen part
+    model.train()
+    outs = model(torch.rand(2, 3, 64, 64))
+    sum(o.mean() for o in outs).backward()
+    assert model.timm_model.conv1.weight.grad is None
+    assert model.timm_model.layer1[0].conv1.weight.grad is None
+    assert model.timm_model.layer2[0].conv1.weight.grad is not None
+
+
+def test_frozen_stages_vit():
+    model = TIMMBackbone(frozen_stages=2, out_indices=(-1, ), **VIT)
+    vit = 'timm_model.model.'
+    frozen_and_trainable(
+        model, [vit + n for n in ('cls_token', 'pos_embed', 'patch_embed',
+                                  'blocks.0', 'blocks.1', 'blocks.2')],
+        [vit + f'blocks.{i}' for i in range(3, 12)])
+    frozen = {id(p) for stage in model.stage_parts()[:3] for part in stage
+              for p in ([part] if isinstance(part, torch.nn.Parameter)
+                        else part.parameters())}
+    assert frozen == {id(p) for p in model.parameters()
+                      if not p.requires_grad}
+
+
+def test_frozen_stages_all_and_range():
+    model = TIMMBackbone('resnet18', frozen_stages='all').train()
+    assert all(not p.requires_grad for p in model.parameters())
+    assert all(not m.training for m in model.modules())
+    with pytest.raises(ValueError, match=r'frozen_stages=6 is out of range'):
+        TIMMBackbone('resnet18', frozen_stages=6)
+
+
+def test_norm_eval_keeps_timm_norms_in_eval():
+    model = TIMMBackbone('resnet18', norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
+    assert norms and all(not m.training for m in norms)
+    assert model.timm_model.layer1.training
+
+
+def test_checkpoint_path_loads_with_features_only(resnet18_file):
+    """timm's trap: create_model(checkpoint_path=..., features_only=True)
+    fails; ours loads through timm's pretrained path."""
+    path, raw = resnet18_file
+    for pretrained in (False, True):
+        model = TIMMBackbone('resnet18', features_only=True,
+                             pretrained=pretrained,
+                             checkpoint_path=str(path))
+        ours = model.timm_model.state_dict()
+        for key, value in raw.state_dict().items():
+            if key.startswith('fc.'):
+                assert key not in ours
+                continue
+            assert torch.equal(ours[key], value), key
+
+
+def test_checkpoint_path_resizes_vit_pos_embed(vit_file):
+    model = TIMMBackbone(checkpoint_path=str(vit_file), **VIT)
+    source = torch.load(vit_file, weights_only=True)
+    weights = model.timm_model.state_dict()
+    assert weights['model.pos_embed'].shape == (1, 17, 192)
+    assert torch.equal(weights['model.blocks.3.mlp.fc1.weight'],
+                       source['blocks.3.mlp.fc1.weight'])
+
+
+def test_init_cfg_resizes_vit_pos_embed_like_timm(vit_file):
+    by_timm = TIMMBackbone(checkpoint_path=str(vit_file), **VIT)
+    ours = ours_from_init_cfg(vit_file, **VIT)
+    assert_close(ours.state_dict(), by_timm.state_dict(), atol=1e-6, rtol=0)
+
+
+def test_init_cfg_loads_own_and_prefixed_keys(resnet18_file, tmp_path):
+    path, _ = resnet18_file
+    source = TIMMBackbone('resnet18', checkpoint_path=str(path))
+    own = tmp_path / 'own.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in
+                               source.state_dict().items()}}, own)
+    model = build_backbone(dict(type='TIMMBackbone', model_name='resnet18',
+                                init_cfg=dict(type='Pretrained',
+                                              checkpoint=str(own),
+                                              prefix='backbone')))
+    model.init_weights()
+    assert_close(model.state_dict(), source.state_dict(), atol=0, rtol=0)
+
+
+def test_init_cfg_maps_flattened_timm_keys(tmp_path):
+    """convnext's features model renames stages.0 -> stages_0."""
+    torch.manual_seed(0)
+    raw = timm.create_model('convnext_atto')
+    path = tmp_path / 'convnext.safetensors'
+    from safetensors.torch import save_file
+    save_file(raw.state_dict(), str(path))
+    ours = ours_from_init_cfg(path, model_name='convnext_atto')
+    peer = timm_features(path, 'convnext_atto')
+    assert 'timm_model.stages_0.blocks.0.conv_dw.weight' in ours.state_dict()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(ours(x), tuple(peer(x)), atol=1e-5, rtol=0)
+
+
+def test_checkpoint_path_errors_name_the_file(resnet18_file, tmp_path):
+    path, raw = resnet18_file
+    partial = {k: v for k, v in raw.state_dict().items()
+               if not k.startswith('layer4.')}
+    torch.save(partial, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointError, match=r'(?s)partial\.pth.*layer4'):
+        TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
+                                                     'partial.pth'))
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
+                                                     'missing.pth'))
+    (tmp_path / 'garbage.pth').write_bytes(b'not a checkpoint at all')
+    with pytest.raises(CheckpointError, match='garbage.pth'):
+        TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
+                                                     'garbage.pth'))
+    shapes = dict(raw.state_dict())
+    shapes['layer1.0.conv1.weight'] = torch.zeros(8, 64, 3, 3)
+    torch.save(shapes, tmp_path / 'shapes.pth')
+    with pytest.raises(CheckpointError, match=r'(?s)shapes\.pth.*layer1\.0\.conv1'):
+        TIMMBackbone('resnet18', checkpoint_path=str(tmp_path / 'shapes.pth'))
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(KeyError, match=r"resnet81.*Did you mean.*'resnet18'"):
+        TIMMBackbone('resnet81')
+    with pytest.raises(KeyError, match="Did you mean 'vit_tiny_patch16_224'"):
+        build_backbone(dict(type='TIMMBackbone',
+                            model_name='vit_tiny_patch16_2244'))
+
+
+def test_argument_errors():
+    with pytest.raises(TypeError, match='pretrained=.*checkpoint_path'):
+        TIMMBackbone('resnet18', pretrained='weights.pth')
+    with pytest.raises(TypeError, match="in_chans=1 .*'in_channels'"):
+        TIMMBackbone('resnet18', in_chans=1)
+    with pytest.raises(TypeError, match="resnet18.*img_size"):
+        TIMMBackbone('resnet18', img_size=64)
+    with pytest.raises(ValueError, match='in_channels=0'):
+        TIMMBackbone('resnet18', in_channels=0)
+
+
+def test_in_channels_adapts_the_checkpoint(resnet18_file):
+    path, raw = resnet18_file
+    model = TIMMBackbone('resnet18', in_channels=1, checkpoint_path=str(path))
+    assert_close(model.timm_model.conv1.weight,
+                 raw.conv1.weight.sum(dim=1, keepdim=True))
+    assert model(torch.rand(1, 1, 64, 64))[-1].shape == (1, 512, 2, 2)
+
+
+def test_pooled_features(resnet18_file, vit_file):
+    path, raw = resnet18_file
+    model = TIMMBackbone('resnet18', features_only=False,
+                         checkpoint_path=str(path)).eval()
+    assert model.out_channels == (512, ) and model.out_strides == (None, )
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        (out, ) = model(x)
+        ref = raw.forward_head(raw.forward_features(x), pre_logits=True)
+    assert_close(out, ref, atol=1e-5, rtol=0)
+    # a pre-logits head wider than num_features
+    mobile = TIMMBackbone('mobilenetv3_small_050', features_only=False)
+    assert mobile.out_channels == (1024, )
+    assert mobile.eval()(x)[0].shape == (2, 1024)
+    # frozen_stages counts feature levels here too
+    vit = TIMMBackbone(features_only=False, frozen_stages=0,
+                       checkpoint_path=str(vit_file), **VIT).train()
+    assert not vit.timm_model.blocks[0].attn.qkv.weight.requires_grad
+    assert not vit.timm_model.cls_token.requires_grad
+    assert vit.timm_model.blocks[1].training
+    assert vit.timm_model.norm.weight.requires_grad
+
+
+def test_nhwc_outputs_become_nchw():
+    model = TIMMBackbone('swin_tiny_patch4_window7_224', img_size=64,
+                         window_size=2, out_indices=(0, -1)).eval()
+    peer = timm.create_model('swin_tiny_patch4_window7_224', img_size=64,
+                             window_size=2, features_only=True,
+                             out_indices=(0, 3)).eval()
+    peer.load_state_dict(model.timm_model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        outs, refs = model(x), peer(x)
+    assert [o.shape[1] for o in outs] == list(model.out_channels) == [96, 768]
+    assert_close(outs, tuple(r.permute(0, 3, 1, 2) for r in refs))
+
+
+def test_mmcls_tutorial_snippet():
+    """The old mmcls tutorial config still works (deprecated timm name)."""
+    with pytest.warns(Warning, match='deprecated'):
+        model = build_backbone(dict(type='TIMMBackbone', pretrained=False,
+                                    model_name='tf_efficientnetv2_s_in21k',
+                                    features_only=True,
+                                    out_indices=(2, 3, 4)))
+    with torch.no_grad():
+        outs = model.eval()(torch.rand(1, 3, 224, 224))
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 64, 28, 28), (1, 160, 14, 14), (1, 256, 7, 7)]
+    assert model.out_channels == (64, 160, 256)
+    assert model.out_strides == (8, 16, 32)
+
+
+def test_init_weights_keeps_timm_weights(resnet18_file):
+    path, _ = resnet18_file
+    model = TIMMBackbone(features_only=False, checkpoint_path=str(path),
+                         model_name='resnet18')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_weights()
+    assert_close(model.state_dict(), before, atol=0, rtol=0)
