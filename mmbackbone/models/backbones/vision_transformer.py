@@ -370,7 +370,9 @@ class VisionTransformer(BaseBackbone):
             ``feedforward_channels`` (optionally ``ffn_type``,
             ``layer_scale_init_value``). The DINOv2 rows default to layer
             scale 1e-5 and ``dinov2-g`` to the SwiGLU FFN, the layout of
-            the published weights (mmpretrain's configs set them by hand).
+            the published weights (mmpretrain's configs set them by hand;
+            pass ``layer_scale_init_value=0`` / ``layer_cfgs`` to undo).
+            DINOv2 weights use ``patch_size=14`` and ``img_size=518``.
             Default: ``'base'``.
         img_size (int | tuple): the size the position embedding is made
             for (any input whose sides are multiples of the patch size
