@@ -161,3 +161,19 @@ def test_index_tables_are_valid_json_with_known_fields():
     for table in Path(zoo_file).parent.glob('*.json'):
         data = json.loads(table.read_text())
         assert data['weights'], table
+
+
+@pytest.mark.parametrize('entry', [e for e in ENTRIES if e.default],
+                         ids=[e.name for e in ENTRIES if e.default])
+def test_pretrained_true_picks_the_default(entry, monkeypatch):
+    """Every type with indexed weights accepts pretrained=True and asks the
+    index for its default (the load itself is intercepted)."""
+    from mmbackbone.models import BaseBackbone
+    asked = []
+    monkeypatch.setattr(BaseBackbone, 'init_weights',
+                        lambda self: asked.append(self.init_cfg))
+    with torch.device('meta'):
+        build_backbone({**entry.build_config, 'pretrained': True})
+    assert asked == [dict(type='Pretrained',
+                          checkpoint=f'mmbackbone://{entry.name}',
+                          prefix=entry.prefix)]

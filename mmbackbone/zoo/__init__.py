@@ -24,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from mmbackbone.utils import closest
 
@@ -110,20 +110,26 @@ def get_weights(name: str) -> WeightsEntry:
     return index[name]
 
 
-def default_weights(type_name: str, arch: str) -> WeightsEntry:
-    """The default entry for a type and arch."""
+def _arch_names(arch: Union[str, Sequence[str]]) -> List[str]:
+    return [arch] if isinstance(arch, str) else list(arch)
+
+
+def default_weights(type_name: str,
+                    arch: Union[str, Sequence[str]]) -> WeightsEntry:
+    """The default entry for a type and arch (or any of its alias names)."""
+    names = _arch_names(arch)
     matches = [e for e in load_index().values()
-               if e.type == type_name and e.arch == arch]
+               if e.type == type_name and e.arch in names]
     if not matches:
         raise KeyError(f'no pretrained weights are indexed for '
-                       f'{type_name} arch {arch!r}; indexed archs of '
+                       f'{type_name} arch {names[0]!r}; indexed archs of '
                        f'{type_name}: '
                        f'{sorted({e.arch for e in load_index().values() if e.type == type_name})}')
     defaults = [e for e in matches if e.default] or matches
     return defaults[0]
 
 
-def weights_for(type_name: str, arch: str,
+def weights_for(type_name: str, arch: Union[str, Sequence[str]],
                 pretrained: Union[bool, str]) -> WeightsEntry:
     """Resolve a ``pretrained`` argument (True or a name) for a model."""
     if pretrained is True:
@@ -132,9 +138,10 @@ def weights_for(type_name: str, arch: str,
         raise TypeError(f'pretrained={pretrained!r} must be True, False or '
                         f'a weights name such as "resnet50.tv_in1k"')
     entry = get_weights(pretrained)
-    if entry.type != type_name or entry.arch != arch:
+    if entry.type != type_name or entry.arch not in _arch_names(arch):
         raise ValueError(f'pretrained={pretrained!r} fits {entry.type} '
-                         f'{entry.arch}, not {type_name} {arch}')
+                         f'{entry.arch}, not {type_name} '
+                         f'{_arch_names(arch)[0]}')
     return entry
 
 

@@ -206,10 +206,12 @@ class BaseBackbone(BaseModule):
         return state_dict, [f'{key}: {weight.shape[1]} -> {want.shape[1]} '
                             f'input channels']
 
-    def _setup_pretrained(self, pretrained, arch: str) -> None:
+    def _setup_pretrained(self, pretrained,
+                          arch: Union[str, Sequence[str]]) -> None:
         """Load indexed weights now for ``pretrained=True`` or a name.
 
-        Call it last in ``__init__``. The weights index gives the URL,
+        ``arch`` is the arch's name in ``zoo_configs`` (or every alias of
+        it). Call it last in ``__init__``. The weights index gives the URL,
         hash, prefix and source format; the file is then loaded like any
         ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         """

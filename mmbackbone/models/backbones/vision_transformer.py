@@ -409,6 +409,8 @@ class VisionTransformer(BaseBackbone):
         norm_eval (bool): keep norm layers in eval mode. Default: False.
         with_cp (bool): gradient checkpointing per layer. Default: False.
         init_cfg (dict | list, optional): mmengine init config.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            for this arch, a name that entry (``mmbackbone weights vit*``).
 
     Example:
         >>> import torch
@@ -454,7 +456,8 @@ class VisionTransformer(BaseBackbone):
                  output_cls_token: Optional[bool] = None,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Union[dict, List[dict], None] = None):
+                 init_cfg: Union[dict, List[dict], None] = None,
+                 pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         spec = parse_arch(arch)
         self.arch_settings = asdict(spec)
@@ -536,6 +539,9 @@ class VisionTransformer(BaseBackbone):
         if out_type == 'avg_featmap':
             self.ln2 = norm_layer(norm_cfg, self.embed_dims)[1]
         self._freeze_stages()
+        self._setup_pretrained(
+            pretrained, [name for name, row in VIT_ARCHS.items()
+                         if row == spec])
 
     # ---------------------------------------------------------- arguments
     @staticmethod
