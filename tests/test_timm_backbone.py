@@ -277,8 +277,9 @@ def test_checkpoint_path_errors_name_the_file(resnet18_file, tmp_path):
     shapes = dict(raw.state_dict())
     shapes['layer1.0.conv1.weight'] = torch.zeros(8, 64, 3, 3)
     torch.save(shapes, tmp_path / 'shapes.pth')
-    with pytest.raises(CheckpointError, match=r'(?s)shapes\.pth.*layer1\.0\.conv1'):
-        TIMMBackbone('resnet18', checkpoint_path=str(tmp_path / 'shapes.pth'))
+    with pytest.raises(CheckpointError,
+                       match=r'(?s)shapes\.pth.*layer1\.0\.conv1'):
+        TIMMBackbone('resnet18', checkpoint_path=tmp_path / 'shapes.pth')
 
 
 def test_unknown_model_name_suggests_close_names():

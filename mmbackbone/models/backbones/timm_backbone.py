@@ -11,6 +11,7 @@ Checkpoints with plain timm keys are converted on load.
 timm is imported when the class is built, never when mmbackbone is.
 """
 import logging
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -196,6 +197,8 @@ class TIMMBackbone(BaseBackbone):
                         if name == 'pretrained' else '')
                 raise TypeError(f'{name}={value!r} must be True or False'
                                 f'{hint}')
+        if isinstance(checkpoint_path, os.PathLike):
+            checkpoint_path = os.fspath(checkpoint_path)
         if not isinstance(checkpoint_path, str):
             raise TypeError(f'checkpoint_path={checkpoint_path!r} must be a '
                             f"file path or '' (no file)")
@@ -247,6 +250,11 @@ class TIMMBackbone(BaseBackbone):
                                 -1, norm_eval)
             levels = list(getattr(self.timm_model, 'feature_info', None)
                           or [])
+            if not levels and frozen_stages not in (-1, 'all'):
+                raise ValueError(
+                    f'frozen_stages={frozen_stages!r}: timm model '
+                    f'{model_name!r} reports no feature_info levels; use -1 '
+                    f"or 'all'")
             normalize_frozen_stages(frozen_stages, len(levels))
             self.frozen_stages = frozen_stages
             self._nhwc = False
