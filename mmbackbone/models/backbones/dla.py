@@ -342,6 +342,8 @@ class DLA(BaseBackbone):
             branch, linear over the blocks of level2..level5. Default: 0.
         init_cfg (dict | list, optional): mmengine init config, e.g.
             ``dict(type='Pretrained', checkpoint='dla34.pth')``.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            for this arch, a name that entry (``mmbackbone weights dla*``).
 
     Example:
         >>> import torch
@@ -376,7 +378,8 @@ class DLA(BaseBackbone):
                           nonlinearity='relu', distribution='normal'),
                      dict(type='Constant', val=1,
                           layer=['_BatchNorm', 'GroupNorm'])
-                 ]):
+                 ],
+                 pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.arch = parse_arch(arch)
         if not _is_pos_int(in_channels):
@@ -422,6 +425,9 @@ class DLA(BaseBackbone):
                 base_width=self.arch.base_width, **layer_cfg))
         self.level_names = [f'level{i}' for i in range(6)]
         self._freeze_stages()
+        self._setup_pretrained(pretrained, [name for name, row in
+                                            DLA_ARCHS.items()
+                                            if row == self.arch])
 
     def _conv_level(self, in_channels: int, out_channels: int,
                     num_convs: int, stride: int) -> nn.Sequential:
