@@ -1,0 +1,4 @@
+"""Metrics registered in ``mmbackbone.registry.METRICS``."""
+from .metrics import Accuracy
+
+__all__ = ['Accuracy']

@@ -1,0 +1,131 @@
+"""Train a model from a config with mmengine's Runner.
+
+Usage::
+
+    python tools/train.py configs/resnet/resnet18_digits.py
+    python tools/train.py configs/resnet/resnet18_digits.yaml --work-dir work_dirs/r18
+    python tools/train.py CONFIG --resume                 # latest checkpoint in work_dir
+    python tools/train.py CONFIG --resume epoch_3.pth     # a given checkpoint
+    python tools/train.py CONFIG --cfg-options train_cfg.max_epochs=2
+    torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch
+
+Configs are ``.py`` files (mmengine) or ``.yaml``/``.yml`` files (read with
+``yaml.safe_load``). Every ``type`` in the final config must be a
+registered name: dotted import paths such as ``'os.system'`` are refused
+before anything is built.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+from typing import List, Optional
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description='Train a model (mmengine Runner, scope mmbackbone)')
+    parser.add_argument('config', help='config file (.py, .yaml or .yml)')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', default=None,
+                        metavar='CKPT',
+                        help='resume from CKPT, or without a value from the '
+                        'latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (AmpOptimWrapper; needs a GPU)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        metavar='KEY=VALUE',
+                        help='override config entries, e.g. '
+                        'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=0.05')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
+                        default='none', help='job launcher for distributed '
+                        'training (torchrun: pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_config(args: argparse.Namespace):
+    """Load the config and apply the command line to it."""
+    from mmbackbone.apis import check_config_types
+    from mmbackbone.engine import load_config
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(args.config))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+    if args.amp:
+        from mmbackbone.engine.runtime import _accelerator_available
+        if not _accelerator_available():
+            raise SystemExit('--amp needs a GPU (mmengine AmpOptimWrapper '
+                             'supports cuda/npu/mlu/musa); on CPU train '
+                             'without --amp')
+        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if optim_wrapper == 'AmpOptimWrapper':
+            print('AMP is already enabled in the config', flush=True)
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f'--resume {args.resume}: no such checkpoint')
+        cfg.resume, cfg.load_from = True, args.resume
+    cfg.setdefault('default_scope', 'mmbackbone')
+    check_config_types(cfg.to_dict())
+    return cfg
+
+
+def final_metrics(runner) -> dict:
+    """The last validation metrics the runner recorded."""
+    scalars = runner.message_hub.log_scalars
+    return {key[len('val/'):]: buffer.current()
+            for key, buffer in scalars.items() if key.startswith('val/')
+            and not key.startswith('val/loss')
+            and key[len('val/'):] not in ('time', 'data_time')}
+
+
+def main(argv: Optional[List[str]] = None):
+    """Train; returns the runner (its model is trained)."""
+    args = parse_args(argv)
+    import mmbackbone  # noqa: F401  (registers models)
+    import mmbackbone.datasets  # noqa: F401
+    import mmbackbone.evaluation  # noqa: F401
+    from mmbackbone.engine import (allow_checkpoint_globals,
+                                   init_cpu_distributed)
+    from mmengine.runner import Runner
+    cfg = build_config(args)
+    allow_checkpoint_globals()
+    init_cpu_distributed(cfg)
+    start = time.time()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    elapsed = time.time() - start
+    if runner.rank == 0:
+        metrics = final_metrics(runner)
+        epoch = runner.epoch if runner.train_loop is not None else None
+        summary = ', '.join(
+            f'{k}: {v:.2f}%' if k.startswith('accuracy') else f'{k}: {v:.4g}'
+            for k, v in sorted(metrics.items()))
+        print('=' * 72, flush=True)
+        print(f'Training finished: {epoch} epochs in {elapsed:.0f} s '
+              f'(work dir {cfg.work_dir})', flush=True)
+        if 'accuracy/top1' in metrics:
+            print(f'Final validation accuracy (top-1): '
+                  f'{metrics["accuracy/top1"]:.2f}%', flush=True)
+        if summary:
+            print(f'Final validation metrics: {summary}', flush=True)
+        print('=' * 72, flush=True)
+    return runner
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
