@@ -71,6 +71,62 @@ def resolve_type(type_: Any, registry=MODELS, arg: str = 'type') -> Callable:
     return obj
 
 
+def _all_registries() -> List[Any]:
+    """Every mmengine registry (models, hooks, optimizers, ...), all scopes."""
+    from mmengine.registry import Registry, root
+    stack = [r for r in vars(root).values() if isinstance(r, Registry)]
+    found: Dict[int, Any] = {}
+    while stack:
+        registry = stack.pop()
+        if id(registry) not in found:
+            found[id(registry)] = registry
+            stack.extend(registry.children.values())
+    return list(found.values())
+
+
+def _registered_anywhere(name: str, scope: Optional[str] = None) -> bool:
+    registries = [r for r in _all_registries()
+                  if scope is None or r.scope == scope]
+    if any(name in r.module_dict for r in registries):
+        return True
+    for registry in registries:  # lazy locations, e.g. mmbackbone.engine
+        if registry.scope in ('mmbackbone', scope):
+            registry.import_from_location()
+    return any(name in r.module_dict for r in registries)
+
+
+def _check_scoped_name(value: str, where: str) -> None:
+    """``'scope.Name'``: Name must be registered in that scope.
+
+    mmengine's ``Registry.get`` imports any dotted path it cannot find
+    (``'mmengine.dump'``, ``'mmengine.runner.runner.os.system'``), so an
+    unregistered name behind a known scope is refused here.
+    """
+    scope, name = value.split('.', 1)
+    if '.' in name or not _registered_anywhere(name, scope):
+        names = sorted({n for r in _all_registries() if r.scope == scope
+                        for n in r.module_dict})
+        raise KeyError(f'{where}={value!r}: {name!r} is not registered in '
+                       f'scope {scope!r}; configs may name registered types '
+                       f'only, never an import path.{closest(name, names)}')
+
+
+def _check_plain_name(value: str, where: str) -> None:
+    """An unscoped name that no registry knows must not name a module:
+    mmengine's ``Registry.get`` would import it (running its code)."""
+    if _registered_anywhere(value):
+        return
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(value)
+    except (ImportError, ValueError, AttributeError):
+        spec = None
+    if spec is not None:
+        raise ValueError(f'{where}={value!r} is not a registered type but '
+                         f'the name of an importable module; configs may '
+                         f'name registered types only (nothing is imported)')
+
+
 def check_config_types(cfg: Any, path: str = 'cfg') -> None:
     """Refuse dotted import paths in any nested ``type`` of a config.
 
@@ -91,8 +147,18 @@ def check_config_types(cfg: Any, path: str = 'cfg') -> None:
                         f'{where}={value!r} is a dotted path that is not a '
                         f'registered scope; configs may name registered '
                         f"types only (e.g. 'ResNet' or 'mmbackbone.ResNet')")
+                _check_scoped_name(value, where)
+            elif key == 'type' and isinstance(value, str):
+                _check_plain_name(value, where)
             elif key == 'type' and not isinstance(value, str):
                 resolve_type(value, arg=where)
+            elif key in ('_scope_', 'default_scope') and value is not None \
+                    and (not isinstance(value, str)
+                         or value not in _registries()):
+                # mmengine would import f'{value}.registry' (running code)
+                raise ValueError(f'{where}={value!r} is not a registered '
+                                 f'scope; known scopes: '
+                                 f'{sorted(_registries())}')
             else:
                 check_config_types(value, where)
     elif isinstance(cfg, (list, tuple)):
