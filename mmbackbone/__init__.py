@@ -8,6 +8,8 @@ Example:
 """
 from . import models  # noqa: F401  (registers every type)
 from .apis import build_backbone, list_backbones
+from .deploy import optimize_for_inference
 from .version import __version__
 
-__all__ = ['build_backbone', 'list_backbones', '__version__']
+__all__ = ['build_backbone', 'list_backbones', 'optimize_for_inference',
+           '__version__']

@@ -1,0 +1,92 @@
+"""Start-up hygiene: ``import mmbackbone`` stays light, registers every
+type, and building a backbone initialises each weight once."""
+import collections
+import json
+import subprocess
+import sys
+
+import pytest
+from torch.nn import init
+
+import mmbackbone
+from mmbackbone import build_backbone
+
+HEAVY = ('timm', 'torchvision', 'onnx', 'onnxruntime', 'mmpretrain',
+         'mmdet', 'mmseg')
+
+
+def run_python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line."""
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_pulls_in_no_heavy_package():
+    loaded = run_python(
+        'import json, sys, mmbackbone\n'
+        'from mmbackbone import optimize_for_inference, build_backbone\n'
+        f'print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))')
+    assert loaded == []
+
+
+def test_building_resnet_and_optimizing_pull_in_nothing_heavy():
+    loaded = run_python(
+        'import json, sys, torch, mmbackbone\n'
+        "m = mmbackbone.build_backbone(dict(type='ResNet', depth=18))\n"
+        'mmbackbone.optimize_for_inference(m)\n'
+        f'print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))')
+    assert loaded == []
+
+
+def test_custom_imports_registers_every_type():
+    """What mmdet/mmseg configs do: custom_imports=dict(imports=[...])."""
+    found = run_python(
+        'import json\n'
+        'from mmengine.utils import import_modules_from_strings\n'
+        "import_modules_from_strings(['mmbackbone'])\n"
+        'from mmengine.registry import MODELS as ROOT\n'
+        "scope = ROOT.children['mmbackbone']\n"
+        'import mmbackbone.models as models\n'
+        'print(json.dumps(dict(registered=sorted(scope.module_dict), '
+        'exported=sorted(models.__all__))))')
+    exported = [n for n in found['exported'] if n not in
+                ('BaseBackbone', 'build_backbone')]
+    missing = [n for n in exported if n not in found['registered']]
+    assert not missing, f'exported but not registered on import: {missing}'
+    assert set(mmbackbone.list_backbones()) <= set(found['registered'])
+
+
+def test_optimize_for_inference_is_public():
+    assert 'optimize_for_inference' in mmbackbone.__all__
+    from mmbackbone.deploy import optimize_for_inference
+    assert mmbackbone.optimize_for_inference is optimize_for_inference
+
+
+INIT_FUNCTIONS = ('uniform_', 'normal_', 'trunc_normal_', 'constant_',
+                  'ones_', 'zeros_', 'kaiming_uniform_', 'kaiming_normal_',
+                  'xavier_uniform_', 'xavier_normal_', 'orthogonal_')
+
+
+@pytest.fixture
+def init_writes(monkeypatch):
+    """Count, per tensor, the calls of torch.nn.init functions."""
+    writes = collections.Counter()
+    for name in INIT_FUNCTIONS:
+        original = getattr(init, name)
+
+        def counted(tensor, *args, _original=original, **kwargs):
+            writes[id(tensor)] += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(init, name, counted)
+    return writes
+
+
+def test_build_resnet50_initialises_each_weight_once(init_writes):
+    model = build_backbone(dict(type='ResNet', depth=50))
+    params = list(model.parameters())
+    assert params
+    counts = collections.Counter(init_writes[id(p)] for p in params)
+    assert counts == {1: len(params)}, counts
