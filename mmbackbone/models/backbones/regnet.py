@@ -341,6 +341,8 @@ class RegNet(BaseBackbone):
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone')``;
             timm and torchvision RegNet files are converted.
         drop_path_rate (float): stochastic depth, linear over blocks.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            for this arch, a name that entry (``mmbackbone weights regnet*``).
 
     Example:
         >>> import torch
@@ -378,7 +380,8 @@ class RegNet(BaseBackbone):
                  with_cp: bool = False,
                  zero_init_residual: bool = True,
                  init_cfg: Union[dict, List[dict], None] = None,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0,
+                 pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         if arch is None:
             raise TypeError(f'RegNet needs arch; choose from '
@@ -455,6 +458,9 @@ class RegNet(BaseBackbone):
             self.res_layers.append(f'layer{i + 1}')
         self.feat_dim = widths[-1]
         self._freeze_stages()
+        self._setup_pretrained(pretrained, [
+            name for name in [*REGNET_ARCHS, *REGNET_ALIASES]
+            if REGNET_ARCHS[REGNET_ALIASES.get(name, name)] == self.arch])
 
     @property
     def norm1(self) -> nn.Module:
