@@ -191,7 +191,8 @@ def test_linear_head_errors():
     with pytest.raises(ValueError, match=r'gt_label=3 is out of range for '
                        r'num_classes=3 \(valid: 0..2\)'):
         head.loss(torch.rand(2, 8), samples([0, 3]))
-    with pytest.raises(ValueError, match=r'data_samples\[1\] have no gt_label'):
+    with pytest.raises(ValueError,
+                       match=r'data_samples\[1\] have no gt_label'):
         head.loss(torch.rand(2, 8), [ClsDataSample(gt_label=0),
                                      ClsDataSample()])
     with pytest.raises(ValueError, match='3 data_samples for a batch of 2'):
