@@ -2,24 +2,44 @@
 
 ``MODELS`` has scope ``mmbackbone`` and is a child of mmengine's root
 ``MODELS``, so mmdet / mmseg configs reach our classes as
-``type='mmbackbone.ResNet'``. Building imports ``mmbackbone.models`` lazily.
+``type='mmbackbone.ResNet'``. Building imports ``mmbackbone.models``
+lazily. The other registries exist so that mmengine's Runner, run with
+``default_scope='mmbackbone'``, finds every kind of component in our scope
+(falling back to mmengine's own).
 """
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine import registry as root
 from mmengine.registry import Registry
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmbackbone',
-                  locations=['mmbackbone.models'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmbackbone',
-                    locations=['mmbackbone.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS,
-                      scope='mmbackbone', locations=['mmbackbone.datasets'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmbackbone',
-                   locations=['mmbackbone.evaluation'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmbackbone',
-                 locations=['mmbackbone.engine'])
 
-__all__ = ['MODELS', 'DATASETS', 'TRANSFORMS', 'METRICS', 'HOOKS']
+def _child(name: str, parent: Registry, *locations: str) -> Registry:
+    return Registry(name, parent=parent, scope='mmbackbone',
+                    locations=list(locations))
+
+
+MODELS = _child('model', root.MODELS, 'mmbackbone.models')
+DATASETS = _child('dataset', root.DATASETS, 'mmbackbone.datasets')
+TRANSFORMS = _child('transform', root.TRANSFORMS, 'mmbackbone.datasets')
+METRICS = _child('metric', root.METRICS, 'mmbackbone.evaluation')
+HOOKS = _child('hook', root.HOOKS, 'mmbackbone.engine')
+
+# Runner components we do not add to, but that must resolve in our scope.
+RUNNERS = _child('runner', root.RUNNERS)
+RUNNER_CONSTRUCTORS = _child('runner constructor', root.RUNNER_CONSTRUCTORS)
+LOOPS = _child('loop', root.LOOPS)
+DATA_SAMPLERS = _child('data sampler', root.DATA_SAMPLERS)
+OPTIMIZERS = _child('optimizer', root.OPTIMIZERS)
+OPTIM_WRAPPERS = _child('optim_wrapper', root.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
+                                    root.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _child('parameter scheduler', root.PARAM_SCHEDULERS)
+EVALUATOR = _child('evaluator', root.EVALUATOR)
+VISUALIZERS = _child('visualizer', root.VISUALIZERS)
+VISBACKENDS = _child('vis_backend', root.VISBACKENDS)
+LOG_PROCESSORS = _child('log_processor', root.LOG_PROCESSORS)
+WEIGHT_INITIALIZERS = _child('weight initializer', root.WEIGHT_INITIALIZERS)
+
+__all__ = ['MODELS', 'DATASETS', 'TRANSFORMS', 'METRICS', 'HOOKS', 'RUNNERS',
+           'RUNNER_CONSTRUCTORS', 'LOOPS', 'DATA_SAMPLERS', 'OPTIMIZERS',
+           'OPTIM_WRAPPERS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS',
+           'EVALUATOR', 'VISUALIZERS', 'VISBACKENDS', 'LOG_PROCESSORS',
+           'WEIGHT_INITIALIZERS']

@@ -4,7 +4,7 @@ Every family builds its layers here, so ``norm_cfg=dict(type='SyncBN')``
 from a detector config works everywhere and an unknown type gets one
 clear error that lists the known names.
 """
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 from mmcv.cnn import build_activation_layer, build_conv_layer, build_norm_layer
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -20,6 +20,8 @@ _ACT_NAMES = ('ReLU', 'LeakyReLU', 'PReLU', 'RReLU', 'ReLU6', 'ELU',
 
 
 def _check_cfg(cfg, arg: str, known: Tuple[str, ...]) -> dict:
+    if isinstance(cfg, Mapping) and not isinstance(cfg, dict):
+        cfg = dict(cfg)  # e.g. an OmegaConf DictConfig from Hydra
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f"{arg}={cfg!r} must be a dict with a 'type' key, "
                         f"e.g. dict(type={known[0]!r}); known types: "
@@ -78,7 +80,8 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
         torch.Size([8, 3, 3, 3])
     """
     if cfg is not None:
-        _check_cfg(cfg, 'conv_cfg', ('Conv2d', 'Conv', 'Conv1d', 'Conv3d'))
+        cfg = _check_cfg(cfg, 'conv_cfg', ('Conv2d', 'Conv', 'Conv1d',
+                                           'Conv3d'))
     return build_conv_layer(cfg, *args, **kwargs)
 
 
