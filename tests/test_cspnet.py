@@ -241,6 +241,16 @@ def test_bad_arch(arch, error, match):
         CSPNet(arch)
 
 
+def test_pretrained_name_must_fit_the_class():
+    with pytest.raises(ValueError, match=r"pretrained='cspdarknet53\."
+                                         r"mmpretrain_in1k' fits CSPDarkNet"):
+        with torch.device('meta'):
+            CSPResNet(pretrained='cspdarknet53.mmpretrain_in1k')
+    with pytest.raises(TypeError, match=r'pretrained=1 must be True'):
+        with torch.device('meta'):
+            CSPResNet(pretrained=1)
+
+
 def test_deep_stem_needs_resnet_stem():
     with pytest.raises(ValueError, match=r"deep_stem=True needs the resnet "
                                          r"stem; this arch has "

@@ -434,6 +434,8 @@ class CSPNet(BaseBackbone):
         norm_eval (bool): keep norm layers in eval mode. Default: False.
         with_cp (bool): gradient checkpointing per block. Default: False.
         init_cfg (dict | list, optional): mmengine init config.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            for this arch, or a name (``cspresnet50.ra_in1k``).
 
     Example:
         >>> import torch
@@ -462,7 +464,8 @@ class CSPNet(BaseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  init_cfg: Union[dict, List[dict], None] = dict(
-                     type='Kaiming', layer='Conv2d')):
+                     type='Kaiming', layer='Conv2d'),
+                 pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.arch = spec = make_arch(arch)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) \
@@ -512,6 +515,9 @@ class CSPNet(BaseBackbone):
             rates = rates[n:]
         self.stages = nn.Sequential(*stages)
         self._freeze_stages()
+        self._setup_pretrained(pretrained, [
+            name for name, row in CSP_ARCHS.items() if row == spec
+        ] or ['a custom arch'])
 
     def _make_stem_layer(self, in_channels: int) -> nn.Module:
         """The stem: its width is the first stage's ``in_channels``."""
@@ -603,6 +609,8 @@ class CSPDarkNet(CSPNet):
         with_cp (bool): gradient checkpointing per block. Default: False.
         arch (int | str | dict, optional): alias of ``depth``, or a dict
             overriding fields of the CSPDarkNet-53 row.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            (``mmbackbone.zoo.list_weights()`` lists them), or a name.
 
     Example:
         >>> import torch
@@ -635,13 +643,15 @@ class CSPDarkNet(CSPNet):
                      nonlinearity='leaky_relu'),
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
-                 arch: Union[int, str, dict, None] = None):
+                 arch: Union[int, str, dict, None] = None,
+                 pretrained: Union[bool, str] = False):
         self_depth, row = self.resolve_depth(depth, arch)
         super().__init__(
             row, in_channels=in_channels, out_indices=out_indices,
             frozen_stages=frozen_stages, drop_path_rate=drop_path_rate,
             conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-            norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg)
+            norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg,
+            pretrained=pretrained)
         self.depth = self_depth
 
 
@@ -667,6 +677,8 @@ class CSPResNet(CSPNet):
         with_cp (bool): gradient checkpointing per block. Default: False.
         arch (int | str | dict, optional): alias of ``depth``, or a dict
             overriding fields of the default row.
+        pretrained (bool | str): ``True`` loads the weights index's default
+            (``mmbackbone.zoo.list_weights()`` lists them), or a name.
 
     Example:
         >>> import torch
@@ -697,14 +709,15 @@ class CSPResNet(CSPNet):
                      type='Kaiming', layer='Conv2d'),
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
-                 arch: Union[int, str, dict, None] = None):
+                 arch: Union[int, str, dict, None] = None,
+                 pretrained: Union[bool, str] = False):
         self_depth, row = self.resolve_depth(depth, arch)
         super().__init__(
             row, in_channels=in_channels, out_indices=out_indices,
             frozen_stages=frozen_stages, drop_path_rate=drop_path_rate,
             deep_stem=deep_stem, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
             act_cfg=act_cfg, norm_eval=norm_eval, with_cp=with_cp,
-            init_cfg=init_cfg)
+            init_cfg=init_cfg, pretrained=pretrained)
         self.depth = self_depth
 
 
