@@ -593,6 +593,31 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _setup_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('pattern', nargs='?', default=None,
+                        help="fnmatch pattern over weights names, e.g. "
+                        "'resnet50.*' or '*mmpretrain*'")
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    """Print the weights index: name, type/arch, source, top-1, size."""
+    from mmbackbone.zoo import list_weights
+    entries = list_weights(args.pattern)
+    if not entries:
+        print(f'no weights match {args.pattern!r}')
+        return 1
+    header = ('name', 'type', 'arch', 'source', 'top-1', 'params', 'default')
+    rows = [(e.name, e.type, e.arch, e.source,
+             '-' if e.top1 is None else f'{e.top1:.2f}',
+             f'{e.params / 1e6:.1f}M', '*' if e.default else '')
+            for e in entries]
+    widths = [max(len(str(r[i])) for r in [header, *rows])
+              for i in range(len(header))]
+    for row in [header, *rows]:
+        print('  '.join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
 register_subcommand('list', _setup_list, run_list,
                     'list backbone types and their zoo arch names')
 register_subcommand('info', _setup_info, run_info,
@@ -601,6 +626,9 @@ register_subcommand('info', _setup_info, run_info,
 register_subcommand('convert', _setup_convert, run_convert,
                     'convert a timm/torchvision/mmpretrain checkpoint to '
                     'our keys (.safetensors)', takes_extra=True)
+register_subcommand('weights', _setup_weights, run_weights,
+                    'list the pretrained weights index (pretrained=True, '
+                    'mmbackbone://NAME)')
 
 
 # --------------------------------------------------------------- main

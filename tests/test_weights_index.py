@@ -177,3 +177,14 @@ def test_pretrained_true_picks_the_default(entry, monkeypatch):
     assert asked == [dict(type='Pretrained',
                           checkpoint=f'mmbackbone://{entry.name}',
                           prefix=entry.prefix)]
+
+
+def test_weights_command_lists_the_index(capsys):
+    from mmbackbone.cli import main
+    assert main(['weights', 'resnet50.*']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ['name', 'type', 'arch', 'source']
+    names = [line.split()[0] for line in out[1:]]
+    assert names == [e.name for e in list_weights('resnet50.*')]
+    assert any('76.13' in line and '25.6M' in line for line in out)
+    assert main(['weights', 'nothing*']) == 1
