@@ -403,3 +403,15 @@ def test_in_channels_adapted_on_load(tmp_path):
     gray.init_weights()
     torch.testing.assert_close(gray.stem.conv.weight,
                                src.stem.conv.weight.sum(1, keepdim=True))
+
+
+def test_arch_from_hydra_config():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create(dict(arch=dict(
+        in_channels=[8, 16, 32, 32], out_channels=[16, 32, 32, 32],
+        num_blocks=[1, 2, 1, 1], block_args={})))
+    model = CSPResNet(arch=cfg.arch, out_indices=[0, 3]).eval()
+    assert model.arch.num_blocks == (1, 2, 1, 1)
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 32, 32))
+    assert [tuple(o.shape) for o in outs] == [(1, 16, 8, 8), (1, 32, 1, 1)]

@@ -250,9 +250,14 @@ class CSPStage(nn.Module):
 
 
 # ------------------------------------------------------------- arch table
+def _is_seq(value) -> bool:
+    """A list / tuple (or Hydra ListConfig), not a string."""
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
 def _per_stage(value, name: str, num_stages: int) -> tuple:
     """A scalar broadcast to every stage, or a tuple of one per stage."""
-    if isinstance(value, (list, tuple)):
+    if _is_seq(value):
         if len(value) != num_stages:
             raise ValueError(f'arch {name}={tuple(value)!r} has {len(value)} '
                              f'entries but the arch has {num_stages} stages')
@@ -297,14 +302,13 @@ class CSPArch:
         if self.stem not in STEMS:
             raise KeyError(f'arch stem={self.stem!r}; choose from '
                            f'{list(STEMS)}')
-        if not isinstance(self.in_channels, (list, tuple)) or \
-                not self.in_channels:
+        if not _is_seq(self.in_channels) or not self.in_channels:
             raise ValueError(f'arch in_channels={self.in_channels!r} must be '
                              f'a non-empty tuple of ints, one per stage')
         num_stages = len(self.in_channels)
         for name in ('in_channels', 'out_channels', 'num_blocks'):
             value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or any(
+            if not _is_seq(value) or any(
                     isinstance(v, bool) or not isinstance(v, int) or v < 1
                     for v in value):
                 raise ValueError(f'arch {name}={value!r} must be a tuple of '
