@@ -71,8 +71,13 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
 
 def _load_pickle(path: Path) -> object:
     try:
+        # Only globals not already allowed: torch's safe_globals context
+        # removes on exit what it added, even process-wide allow-listed ones
+        # (tools/train.py's allow_checkpoint_globals).
+        already = torch.serialization.get_safe_globals()
+        extra = [g for g in _allowed_globals() if g not in already]
         # A file object, not the name: torch would pick a loader by suffix.
-        with torch.serialization.safe_globals(_allowed_globals()), \
+        with torch.serialization.safe_globals(extra), \
                 open(path, 'rb') as f:
             return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
