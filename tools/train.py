@@ -81,7 +81,8 @@ def build_config(args: argparse.Namespace):
         cfg.resume, cfg.load_from = True, args.resume
     cfg.setdefault('default_scope', 'mmbackbone')
     check_config_types(cfg.to_dict())
-    return cfg
+    from mmbackbone.engine import harden_training_config
+    return harden_training_config(cfg)
 
 
 def final_metrics(runner) -> dict:
@@ -105,6 +106,8 @@ def main(argv: Optional[List[str]] = None):
     cfg = build_config(args)
     allow_checkpoint_globals()
     init_cpu_distributed(cfg)
+    from mmbackbone.engine.faults import preflight_checks
+    preflight_checks(cfg)  # work dir, resume file: before the Runner exists
     start = time.time()
     runner = Runner.from_cfg(cfg)
     runner.train()
