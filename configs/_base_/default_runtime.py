@@ -7,9 +7,12 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # Keeps the last two epoch checkpoints (and `last_checkpoint` for --resume).
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2),
+    # Atomic: written to <name>.part, then renamed (a killed run loses nothing).
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
+# Refuse a work dir that is unwritable or too full; stop on a NaN/Inf loss.
+custom_hooks = [dict(type='WorkDirCheckHook'), dict(type='NonFiniteLossHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,
