@@ -69,6 +69,22 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
                               f'file ({err})') from err
 
 
+def _check_zip_crc(path: Path) -> None:
+    """torch.load does not verify the zip CRCs: a flipped bit in tensor
+    data would load silently. A CRC mismatch is an error here; archives
+    Python's zipfile cannot parse are left to torch.load to judge."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception:  # not parseable here: torch.load reports it
+        return
+    if bad is not None:
+        raise CheckpointError(f'checkpoint {path} is corrupt: entry {bad!r} '
+                              f'fails its CRC check (a damaged download or '
+                              f'copy); fetch the file again')
+
+
 def _load_pickle(path: Path) -> object:
     try:
         # Only globals not already allowed: torch's safe_globals context
@@ -150,6 +166,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f'checkpoint {path} is empty (0 bytes)')
     with open(path, 'rb') as f:
         head = f.read(16)
+    if head[:2] == b'PK':
+        _check_zip_crc(path)
     if head[:2] == b'PK' or head[:1] == b'\x80':
         state = extract_state_dict(_load_pickle(path), path)
     elif _is_safetensors(head, size, path):
