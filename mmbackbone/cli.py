@@ -467,7 +467,7 @@ def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
     """
     from mmbackbone.checkpoint import CheckpointError, read_state_dict
     from mmbackbone.checkpoint.convert import best_conversion, fit_score
-    from mmbackbone.checkpoint.loader import strip_prefix
+    from mmbackbone.checkpoint.loader import fit_state_dict, strip_prefix
     state = read_state_dict(src)
     target = model.state_dict()
     candidates = []
@@ -478,38 +478,19 @@ def convert_checkpoint(src: str, model, prefix: Optional[str] = None,
         if any(k.startswith('backbone.') for k in state):
             candidates.append(('backbone.',
                                strip_prefix(state, 'backbone.', src)))
-    best = None
-    for used_prefix, candidate in candidates:
-        source, converted = best_conversion(candidate, model)
-        score = fit_score(converted, target)
-        if best is None or score > best[0]:
-            best = (score, used_prefix, source, converted, candidate)
-    _, used_prefix, source, converted, original = best
-    adapted: List[str] = []
-    if hasattr(model, 'adapt_state_dict'):
-        converted, adapted = model.adapt_state_dict(converted)
-    matched = [k for k in converted if k in target]
-    if not matched:
-        raise CheckpointError(
-            f'checkpoint {src}: none of its keys fits {type(model).__name__} '
-            f'(file keys like {list(state)[:3]}, model keys like '
-            f'{list(target)[:3]}); is it a checkpoint of this architecture?')
-    for key in matched:
-        if converted[key].shape != target[key].shape:
-            raise CheckpointError(
-                f'checkpoint {src}: {key} has shape '
-                f'{tuple(converted[key].shape)} but {type(model).__name__} '
-                f'expects {tuple(target[key].shape)}; check the --ARG options '
-                f'(depth, arch, ...)')
-    missing = [k for k in target if k not in converted
-               and not k.endswith('num_batches_tracked')]
+    # the prefix whose best conversion fits the model best
+    used_prefix, original = max(
+        candidates,
+        key=lambda c: fit_score(best_conversion(c[1], model)[1], target))
+    written, load_report = fit_state_dict(model, original, src)
+    missing = load_report.missing
     if missing and not allow_missing:
         raise CheckpointError(
             f'checkpoint {src}: {len(missing)} tensors of '
             f'{type(model).__name__} are missing from the file: '
             f'{_short(missing)}; pass --allow-missing to write it anyway')
-    written = {k: converted[k] for k in matched}
-    report = dict(source=source, prefix=used_prefix, adapted=adapted,
+    report = dict(source=load_report.source, prefix=used_prefix,
+                  adapted=load_report.adapted,
                   missing=missing, src_keys=len(state),
                   dropped=_unused_keys(state, original, written,
                                        used_prefix))

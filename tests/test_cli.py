@@ -319,7 +319,7 @@ def test_convert_errors(capsys, tmp_path):
     assert code == 1 and 'missing from the file' in err
     code, _, err = run(capsys, 'convert', str(src), dst, '--type', 'ResNet',
                        '--depth', '50')
-    assert code == 1 and 'has shape' in err and 'expects' in err
+    assert code == 1 and 'has shape' in err and 'in the file but' in err
     code, _, err = run(capsys, 'convert', str(tmp_path / 'nope.pth'), dst,
                        '--type', 'ResNet', '--depth', '18')
     assert code == 1 and 'nope.pth does not exist' in err

@@ -2,7 +2,7 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -100,6 +100,25 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Path],
     state_dict = read_state_dict(path)
     if prefix:
         state_dict = strip_prefix(state_dict, prefix, path)
+    fitted, report = fit_state_dict(model, state_dict, path)
+    model.load_state_dict(fitted, strict=False)
+    level = logging.WARNING if (report.missing or report.unexpected) \
+        else logging.INFO
+    print_log(report.summary(type(model).__name__), logger='current',
+              level=level)
+    return report
+
+
+def fit_state_dict(model: nn.Module, state_dict: StateDict, path
+                   ) -> Tuple[StateDict, LoadReport]:
+    """Convert, adapt and check ``state_dict`` against ``model``.
+
+    Returns the tensors to load (the keys the model has) and the report.
+    Shared by :func:`load_pretrained` and ``mmbackbone convert``.
+
+    Raises:
+        CheckpointError: no key fits, or a tensor's shape differs.
+    """
     target = model.state_dict()
     source, state_dict = best_conversion(state_dict, model)
     matched = [k for k in state_dict if k in target]
@@ -125,10 +144,6 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Path],
     missing = [k for k in target if k not in state_dict
                and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state_dict if k not in target]
-    model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
-    report = LoadReport(path, source, len(matched), missing, unexpected,
-                        adapted)
-    level = logging.WARNING if (missing or unexpected) else logging.INFO
-    print_log(report.summary(type(model).__name__), logger='current',
-              level=level)
-    return report
+    report = LoadReport(Path(path), source, len(matched), missing,
+                        unexpected, adapted)
+    return {k: state_dict[k] for k in matched}, report
