@@ -28,14 +28,13 @@ def to_hw(size: Size, arg: str = 'size') -> Tuple[int, int]:
     """``32`` or ``(32, 48)`` -> ``(h, w)``, validated."""
     if isinstance(size, bool):
         raise TypeError(f'{arg}={size!r} must be an int or (height, width)')
-    if isinstance(size, int):
-        size = (size, size)
-    if (not isinstance(size, Sequence) or len(size) != 2 or not all(
+    pair = (size, size) if isinstance(size, int) else size
+    if (not isinstance(pair, Sequence) or len(pair) != 2 or not all(
             isinstance(s, int) and not isinstance(s, bool) and s > 0
-            for s in size)):
+            for s in pair)):
         raise ValueError(f'{arg}={size!r} must be a positive int or a pair '
                          f'of positive ints (height, width)')
-    return int(size[0]), int(size[1])
+    return int(pair[0]), int(pair[1])
 
 
 def _check_img(results: Dict) -> torch.Tensor:
@@ -157,7 +156,7 @@ def build_pipeline(pipeline: Optional[Sequence]) -> List:
             config dict nor callable.
         KeyError: an unknown transform type (close names suggested).
     """
-    from mmbackbone.apis import build_from_config
+    from mmbackbone.apis import build_from_config, check_config_types
     if pipeline is None:
         return []
     if isinstance(pipeline, (str, bytes, Mapping)) or \
@@ -168,6 +167,17 @@ def build_pipeline(pipeline: Optional[Sequence]) -> List:
     transforms = []
     for i, cfg in enumerate(pipeline):
         if isinstance(cfg, Mapping):
+            check_config_types(cfg, f'pipeline[{i}]')
+            cfg = dict(cfg)
+            type_ = cfg.get('type')
+            if isinstance(type_, str) and '.' in type_:
+                scope, name = type_.split('.', 1)
+                if scope != TRANSFORMS.scope:
+                    raise ValueError(
+                        f'pipeline[{i}].type={type_!r}: dataset transforms '
+                        f'come from mmbackbone (they work on CHW tensors); '
+                        f'registered: {sorted(TRANSFORMS.module_dict)}')
+                cfg['type'] = name
             transforms.append(build_from_config(cfg, TRANSFORMS,
                                                 f'pipeline[{i}]'))
         elif callable(cfg):

@@ -1,5 +1,5 @@
 # A short SGD schedule for the digits dataset: linear warm-up, then cosine.
-max_epochs = 15
+max_epochs = 8
 
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -1,0 +1,293 @@
+"""tools/train.py, tools/test.py and plot_curves on tiny digits runs."""
+import json
+import pickle
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from helpers_train import (DIGITS_PY, DIGITS_YAML, PYTHON, ROOT, load_tool,
+                           subprocess_env, tiny_options)
+from mmbackbone.engine import (UnsafeConfigError, allow_checkpoint_globals,
+                               load_config)
+
+train_tool = load_tool('tools/train.py')
+test_tool = load_tool('tools/test.py')
+plot_tool = load_tool('tools/analysis/plot_curves.py')
+
+
+def _scalars(work_dir):
+    files = sorted(work_dir.glob('*/vis_data/scalars.json'))
+    assert files, f'no scalars.json in {work_dir}'
+    return [json.loads(line) for f in files
+            for line in f.read_text().splitlines() if line.strip()]
+
+
+def test_train_test_and_plot_a_tiny_run(tmp_path, capsys):
+    work_dir = tmp_path / 'run'
+    runner = train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
+                              *tiny_options(epochs=2)])
+    out = capsys.readouterr().out
+    match = re.search(r'Final validation accuracy \(top-1\): ([\d.]+)%', out)
+    assert match, out[-2000:]
+    final_top1 = float(match.group(1))
+    assert runner.epoch == 2
+    assert type(runner.model).__name__ == 'ImageClassifier'
+    assert (work_dir / 'epoch_2.pth').is_file()
+
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert re.search(r'Epoch\(train\) +\[1\]\[\d+/4\].*eta: ', log)
+    assert re.search(r'Epoch\(val\) +\[2\]\[1/1\] +accuracy/top1: ', log)
+    records = _scalars(work_dir)
+    val = [r for r in records if 'accuracy/top1' in r]
+    assert [r['step'] for r in val] == [1, 2]
+    assert val[-1]['accuracy/top1'] == pytest.approx(final_top1, abs=0.01)
+
+    # weights_only loading needs exactly the allow-listed globals
+    ckpt = str(work_dir / 'epoch_2.pth')
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+            torch.load(ckpt, weights_only=True)
+        allow_checkpoint_globals()
+        loaded = torch.load(ckpt, weights_only=True)
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+        allow_checkpoint_globals()
+    assert loaded['meta']['epoch'] == 2 and 'message_hub' in loaded
+
+    metrics = test_tool.main([str(DIGITS_PY), str(work_dir / 'epoch_2.pth'),
+                              '--work-dir', str(tmp_path / 'test'),
+                              *tiny_options()])
+    assert metrics['accuracy/top1'] == pytest.approx(final_top1, abs=0.01)
+    assert 'Test results of' in capsys.readouterr().out
+
+    png = plot_tool.main([str(work_dir), '--out', str(tmp_path / 'c.png')])
+    with Image.open(png) as img:
+        assert img.format == 'PNG' and img.size[0] > 300
+    with pytest.raises(KeyError, match="keys \\['nope'\\] are not in the "
+                       "log; available: .*accuracy/top1"):
+        plot_tool.main([str(work_dir), '--keys', 'nope'])
+    with pytest.raises(FileNotFoundError, match='no scalars.json'):
+        plot_tool.main([str(tmp_path / 'test' / 'missing')])
+
+
+def test_yaml_config_equals_the_python_one_and_trains(tmp_path, capsys):
+    from mmbackbone.engine.config import _tuples_to_lists
+    py = _tuples_to_lists(load_config(DIGITS_PY).to_dict())
+    yml = load_config(DIGITS_YAML).to_dict()
+    assert set(yml) <= set(py)
+    for key in yml:
+        assert yml[key] == py[key], key
+    assert {'model', 'train_dataloader', 'val_dataloader', 'optim_wrapper',
+            'param_scheduler', 'train_cfg', 'default_hooks'} <= set(yml)
+    runner = train_tool.main([str(DIGITS_YAML), '--work-dir',
+                              str(tmp_path / 'yaml'), *tiny_options()])
+    assert runner.epoch == 1
+    assert 'Final validation accuracy' in capsys.readouterr().out
+    assert (tmp_path / 'yaml' / 'resnet18_digits.yaml').is_file()
+
+
+def test_yaml_python_tags_are_refused_without_side_effects(tmp_path):
+    marker = tmp_path / 'pwned'
+    cfg = tmp_path / 'evil.yaml'
+    cfg.write_text('model: !!python/object/apply:os.system\n'
+                   f'  ["touch {marker}"]\n')
+    work_dir = tmp_path / 'work'
+    with pytest.raises(UnsafeConfigError, match='python/object/apply:'
+                       'os.system.*yaml.safe_load.*nothing in the file was '
+                       'run'):
+        train_tool.main([str(cfg), '--work-dir', str(work_dir)])
+    assert not marker.exists() and not work_dir.exists()
+    cfg.write_text('x: !!python/name:os.system\n')
+    with pytest.raises(UnsafeConfigError, match='python/name:os.system'):
+        load_config(cfg)
+
+
+def test_yaml_inheritance_and_errors(tmp_path):
+    (tmp_path / 'base.yaml').write_text(
+        'model: {type: ResNet, depth: 18, norm_cfg: {type: BN}}\n'
+        'optim: {lr: 0.1, momentum: 0.9}\n')
+    (tmp_path / 'child.yaml').write_text(
+        '_base_: base.yaml\n'
+        'model: {depth: 34}\n'
+        'optim: {_delete_: true, lr: 0.01}\n')
+    cfg = load_config(tmp_path / 'child.yaml')
+    assert cfg.model == dict(type='ResNet', depth=34, norm_cfg=dict(type='BN'))
+    assert cfg.optim == dict(lr=0.01)
+    (tmp_path / 'py_child.yaml').write_text(
+        f'_base_: [{DIGITS_PY}]\ntrain_cfg: {{max_epochs: 3}}\n')
+    mixed = load_config(tmp_path / 'py_child.yaml',
+                        {'model.backbone.out_indices': (3, )})
+    assert mixed.train_cfg.max_epochs == 3
+    assert mixed.train_cfg.val_interval == 1
+    assert mixed.model.backbone.out_indices == [3]  # YAML keeps lists
+
+    (tmp_path / 'loop.yaml').write_text('_base_: loop.yaml\n')
+    with pytest.raises(ValueError, match='inheritance loops'):
+        load_config(tmp_path / 'loop.yaml')
+    (tmp_path / 'list.yaml').write_text('- 1\n- 2\n')
+    with pytest.raises(ValueError, match='mapping at the top level'):
+        load_config(tmp_path / 'list.yaml')
+    (tmp_path / 'bad.yaml').write_text('a: [1, 2\n')
+    with pytest.raises(ValueError, match='not valid YAML'):
+        load_config(tmp_path / 'bad.yaml')
+    (tmp_path / 'imports.yaml').write_text(
+        'custom_imports: {imports: [os]}\n')
+    with pytest.raises(ValueError, match='custom_imports is not supported'):
+        load_config(tmp_path / 'imports.yaml')
+    (tmp_path / 'nobase.yaml').write_text('_base_: missing.yaml\n')
+    with pytest.raises(FileNotFoundError, match="_base_ file 'missing.yaml'"):
+        load_config(tmp_path / 'nobase.yaml')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_config(tmp_path / 'absent.yaml')
+
+
+def test_dotted_types_and_bad_flags_stop_before_anything_runs(tmp_path):
+    work_dir = tmp_path / 'work'
+    with pytest.raises(ValueError, match=r"cfg.model.backbone.type="
+                       r"'os.system' is a dotted path"):
+        train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
+                         '--cfg-options', 'model.backbone.type=os.system'])
+    with pytest.raises(ValueError, match=r"cfg.default_hooks.timer.type="
+                       r"'subprocess.call'"):
+        train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
+                         '--cfg-options',
+                         'default_hooks.timer.type=subprocess.call'])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match='--amp needs a GPU'):
+            train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
+                             '--amp'])
+    with pytest.raises(SystemExit, match='no such checkpoint'):
+        train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
+                         '--resume', str(tmp_path / 'none.pth')])
+    with pytest.raises(SystemExit, match='does not exist'):
+        test_tool.main([str(DIGITS_PY), str(tmp_path / 'none.pth')])
+    assert not work_dir.exists()
+
+
+def test_killed_run_resumes_to_the_same_end(tmp_path, capsys):
+    options = tiny_options(epochs=3, train=128, val=64, batch=32,
+                           augment=False)
+    killed = tmp_path / 'killed'
+    cmd = [PYTHON, str(ROOT / 'tools' / 'train.py'), str(DIGITS_PY),
+           '--work-dir', str(killed), *options]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (killed / 'last_checkpoint').exists():
+            assert proc.poll() is None, 'training exited before a checkpoint'
+            assert time.time() < deadline, 'no checkpoint after 240 s'
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / 'epoch_1.pth').is_file()
+    assert not (killed / 'epoch_3.pth').exists()
+
+    resumed = train_tool.main([str(DIGITS_PY), '--work-dir', str(killed),
+                               '--resume', *options])
+    assert resumed.epoch == 3 and (killed / 'epoch_3.pth').is_file()
+    log = sorted(killed.glob('*/*.log'))[-1].read_text()
+    assert 'resumed epoch: 1' in log
+    # the resumed run trained epochs 2 and 3 only
+    last_run = sorted(killed.glob('*/vis_data/scalars.json'))[-1]
+    resumed_train = [json.loads(line) for line in
+                     last_run.read_text().splitlines() if 'loss' in line]
+    assert {r['epoch'] for r in resumed_train} == {2, 3}
+    resumed_top1 = resumed.message_hub.get_scalar(
+        'val/accuracy/top1').current()
+
+    straight = train_tool.main([str(DIGITS_PY), '--work-dir',
+                                str(tmp_path / 'straight'), *options])
+    straight_top1 = straight.message_hub.get_scalar(
+        'val/accuracy/top1').current()
+    assert straight.epoch == 3
+    # same data order and weights: equal up to float noise (1 image = 1.6)
+    assert abs(resumed_top1 - straight_top1) <= 3.2, (resumed_top1,
+                                                      straight_top1)
+    capsys.readouterr()
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    work_dir = tmp_path / 'ddp'
+    cmd = [PYTHON, '-m', 'torch.distributed.run', '--standalone',
+           '--nproc_per_node', '2', str(ROOT / 'tools' / 'train.py'),
+           str(DIGITS_PY), '--launcher', 'pytorch', '--work-dir',
+           str(work_dir), *tiny_options(epochs=1, train=64, val=32, batch=16)]
+    result = subprocess.run(cmd, cwd=str(tmp_path), env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert output.count('Final validation accuracy (top-1)') == 1
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert 'Distributed training: True' in log
+    assert "backend': 'gloo'" in log or 'gloo' in log
+    # 64 images, batch 16 per process, 2 processes: 2 iterations per epoch
+    assert re.search(r'Epoch\(train\) +\[1\]\[2/2\]', log)
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert not list(work_dir.glob('*.part'))
+
+
+FAMILY_CONFIGS = sorted(
+    str(p.relative_to(ROOT / 'configs'))
+    for p in (ROOT / 'configs').glob('*/*.py')
+    if p.parent.name not in ('_base_', 'downstream'))
+
+
+def test_every_family_has_a_config():
+    families = {c.split('/')[0] for c in FAMILY_CONFIGS}
+    assert {'resnet', 'vision_transformer', 'regnet', 'cspnet', 'dla',
+            'timm', 'torchscript'} <= families
+
+
+@pytest.mark.parametrize('name', FAMILY_CONFIGS)
+def test_family_config_builds_and_trains_a_step(name, tmp_path):
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    from mmbackbone.apis import check_config_types
+    from mmbackbone.registry import DATASETS, MODELS
+    cfg = load_config(ROOT / 'configs' / name)
+    check_config_types(cfg.to_dict())
+    assert cfg.default_scope == 'mmbackbone'
+    dataset_cfg = cfg.train_dataloader.dataset
+    if dataset_cfg.type == 'ImageFolderDataset':  # user data: make some
+        for cls in ('a', 'b'):
+            (tmp_path / cls).mkdir()
+            Image.new('RGB', (80, 60), (40, 90, 200)).save(
+                tmp_path / cls / 'x.png')
+        dataset_cfg.data_root, dataset_cfg.size = str(tmp_path), 64
+        dataset_cfg.pipeline = [dict(type='RandomCrop', size=64, padding=4)]
+    if cfg.model.backbone.type == 'TorchScriptBackbone':
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, cfg.model.backbone.nr_features, 3, 4),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        path = tmp_path / 'net.pt'
+        torch.jit.save(torch.jit.script(net), str(path))
+        cfg.model.backbone.path = str(path)
+    dataset_cfg.indices = 2
+    with DefaultScope.overwrite_default_scope('mmbackbone'):
+        dataset = DATASETS.build(dataset_cfg)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    batch = pseudo_collate([dataset[0], dataset[1]])
+    log_vars = model.train_step(batch, optim_wrapper)
+    assert torch.isfinite(torch.as_tensor(log_vars['loss']))
+    model.eval()
+    with torch.no_grad():
+        preds = model.val_step(batch)
+    assert preds[0].pred_score.shape == (cfg.model.head.num_classes, )
