@@ -1,5 +1,5 @@
 # A short SGD schedule for the digits dataset: linear warm-up, then cosine.
-max_epochs = 8
+max_epochs = 6
 
 optim_wrapper = dict(
     type='OptimWrapper',
