@@ -136,7 +136,8 @@ def test_flip_and_resize():
         dict(img=img))['img'], img.flip(-2))
     assert torch.equal(RandomFlip(prob=0.0)(dict(img=img))['img'], img)
     out = Resize(size=(6, 10))(dict(img=img))
-    assert tuple(out['img'].shape) == (2, 6, 10) and out['img_shape'] == (6, 10)
+    assert tuple(out['img'].shape) == (2, 6, 10)
+    assert out['img_shape'] == (6, 10)
     assert out['img'].dtype == torch.uint8
     with pytest.raises(ValueError, match='prob=2 must be in'):
         RandomFlip(prob=2)

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-from mmengine.config import Config
 from PIL import Image
 
 from helpers_train import (DIGITS_PY, DIGITS_YAML, PYTHON, ROOT, load_tool,

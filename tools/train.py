@@ -3,9 +3,9 @@
 Usage::
 
     python tools/train.py configs/resnet/resnet18_digits.py
-    python tools/train.py configs/resnet/resnet18_digits.yaml --work-dir work_dirs/r18
-    python tools/train.py CONFIG --resume                 # latest checkpoint in work_dir
-    python tools/train.py CONFIG --resume epoch_3.pth     # a given checkpoint
+    python tools/train.py configs/resnet/resnet18_digits.yaml --work-dir w/r18
+    python tools/train.py CONFIG --resume              # newest in the work dir
+    python tools/train.py CONFIG --resume epoch_3.pth  # a given checkpoint
     python tools/train.py CONFIG --cfg-options train_cfg.max_epochs=2
     torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch
 
@@ -38,7 +38,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         metavar='KEY=VALUE',
                         help='override config entries, e.g. '
-                        'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=0.05')
+                        'train_cfg.max_epochs=2 '
+                        'optim_wrapper.optimizer.lr=0.05')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher for distributed '
                         'training (torchrun: pytorch)')

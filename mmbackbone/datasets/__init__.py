@@ -1,4 +1,6 @@
-"""Classification datasets and transforms (registered in DATASETS / TRANSFORMS).
+"""Classification datasets and transforms.
+
+Registered in ``mmbackbone.registry.DATASETS`` / ``TRANSFORMS``.
 
 Example:
     >>> from mmbackbone.registry import DATASETS

@@ -37,7 +37,8 @@ class BaseClsDataset(Dataset):
         self._index: List[int] = []
 
     def _apply_indices(self) -> None:
-        """Set ``self._index`` (positions into the full data) from ``indices``."""
+        """Set ``self._index``, positions into the full data, from
+        ``indices``."""
         total = len(self._labels)
         indices = self._indices_arg
         if indices is None:

@@ -49,11 +49,13 @@ class ImageFolderDataset(BaseClsDataset):
         >>> root = tempfile.mkdtemp()
         >>> for name in ('cat', 'dog'):
         ...     os.makedirs(os.path.join(root, name))
-        ...     Image.new('RGB', (40, 30)).save(os.path.join(root, name, 'a.png'))
+        ...     path = os.path.join(root, name, 'a.png')
+        ...     Image.new('RGB', (40, 30)).save(path)
         >>> dataset = ImageFolderDataset(root, size=16)
         >>> dataset.classes, len(dataset)
         (('cat', 'dog'), 2)
-        >>> tuple(dataset[1]['inputs'].shape), int(dataset[1]['data_samples'].gt_label)
+        >>> item = dataset[1]
+        >>> tuple(item['inputs'].shape), int(item['data_samples'].gt_label)
         ((3, 16, 16), 1)
     """
 

@@ -40,9 +40,9 @@ def to_hw(size: Size, arg: str = 'size') -> Tuple[int, int]:
 def _check_img(results: Dict) -> torch.Tensor:
     img = results.get('img')
     if not isinstance(img, torch.Tensor) or img.dim() != 3:
+        shape = tuple(img.shape) if isinstance(img, torch.Tensor) else ''
         raise TypeError(f"results['img'] must be a (C, H, W) tensor; got "
-                        f'{type(img).__name__}'
-                        f'{tuple(img.shape) if isinstance(img, torch.Tensor) else ""}')
+                        f'{type(img).__name__}{shape}')
     return img
 
 

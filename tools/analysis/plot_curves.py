@@ -37,7 +37,7 @@ def find_scalar_files(work_dir: Path, all_runs: bool = False) -> List[Path]:
 
 
 def read_scalars(files: List[Path]) -> Tuple[List[dict], List[dict]]:
-    """Split the records into training (per iter) and validation (per epoch)."""
+    """Split the records: training (per iter), validation (per epoch)."""
     train, val = [], []
     for path in files:
         for line in path.read_text().splitlines():
