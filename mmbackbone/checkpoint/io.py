@@ -4,6 +4,7 @@ Pickled files go through ``torch.load(weights_only=True)``; safetensors
 through the safetensors library. Nothing in a file can run code: a file
 that needs other globals fails with :class:`UnsafeCheckpointError`.
 """
+import json
 import pickle
 import struct
 import warnings
@@ -58,6 +59,22 @@ def _is_safetensors(head: bytes, size: int, path: Path) -> bool:
             f'bytes but the file has only {size}; the file is truncated or '
             f'corrupt')
     return True
+
+
+def _has_safetensors_header(path: Path, head: bytes, size: int) -> bool:
+    """A plausible length followed by a JSON object: safetensors."""
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    (header_len, ) = struct.unpack('<Q', head[:8])
+    if header_len > min(size - 8, 100 * 2**20):
+        return False
+    with open(path, 'rb') as f:
+        f.seek(8)
+        header = f.read(header_len)
+    try:
+        return isinstance(json.loads(header), dict)
+    except ValueError:  # includes UnicodeDecodeError
+        return False
 
 
 def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -168,7 +185,12 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         head = f.read(16)
     if head[:2] == b'PK':
         _check_zip_crc(path)
-    if head[:2] == b'PK' or head[:1] == b'\x80':
+        state = extract_state_dict(_load_pickle(path), path)
+    elif _has_safetensors_header(path, head, size):
+        # before the pickle test: a header length like 0x7080 starts with
+        # the byte 0x80 that also opens a pickle
+        state = _load_safetensors(path)
+    elif head[:1] == b'\x80':
         state = extract_state_dict(_load_pickle(path), path)
     elif _is_safetensors(head, size, path):
         state = _load_safetensors(path)
