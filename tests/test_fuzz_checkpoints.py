@@ -81,6 +81,16 @@ def _torch_bytes(obj, legacy: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def _safetensors_opening_with_0x80(state: dict) -> bytes:
+    """A valid safetensors file whose header length ends in 0x80, so its
+    first byte is the pickle opcode PROTO (a detection trap)."""
+    for pad in range(256):
+        data = safetensors_bytes(state, metadata={'pad': 'x' * pad})
+        if data[0] == 0x80:
+            return data
+    raise AssertionError('no padding gives a 0x80 first byte')
+
+
 def _pristine() -> dict:
     """name -> (bytes, what a clean load of it must do)."""
     torch.manual_seed(0)
@@ -98,6 +108,7 @@ def _pristine() -> dict:
         arch=dict(embed_dims=32, num_layers=2, num_heads=2,
                   feedforward_channels=64))).state_dict()
     files = {
+        'safetensors_0x80': (_safetensors_opening_with_0x80(state), 'load'),
         'zip': (_torch_bytes(state), 'load'),
         'zip_wrapped': (_torch_bytes(wrapped), 'load_prefix'),
         'legacy': (_torch_bytes(state, legacy=True), 'load'),
