@@ -39,6 +39,85 @@ def _check_cfg(cfg, arg: str, known: Tuple[str, ...]) -> dict:
     return cfg
 
 
+#: Keys of layer configs whose values must be bools / positive numbers.
+_BOOL_KEYS = ('requires_grad', 'inplace', 'affine', 'track_running_stats',
+              'bias')
+_POSITIVE_KEYS = ('eps', 'num_groups')
+
+
+def _check_values(cfg: dict, arg: str) -> None:
+    for key in _BOOL_KEYS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise TypeError(f'{arg}={cfg!r}: {key}={cfg[key]!r} must be True '
+                            f'or False')
+    for key in _POSITIVE_KEYS:
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        integral = key == 'num_groups'
+        kinds = (int, ) if integral else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) \
+                or not 0 < value < float('inf'):
+            raise ValueError(f'{arg}={cfg!r}: {key}={value!r} must be a '
+                             f'positive {"int" if integral else "number"}')
+    if cfg.get('type') == 'GN' and 'num_groups' not in cfg:
+        raise KeyError(f"{arg}={cfg!r}: GN needs num_groups, e.g. "
+                       f"dict(type='GN', num_groups=32)")
+    if 'momentum' in cfg and cfg['momentum'] is not None and (
+            isinstance(cfg['momentum'], bool)
+            or not isinstance(cfg['momentum'], (int, float))
+            or not 0 <= cfg['momentum'] <= 1):
+        raise ValueError(f'{arg}={cfg!r}: momentum={cfg["momentum"]!r} must '
+                         f'be a number in [0, 1] or None')
+
+
+def _build(builder, cfg: dict, arg: str, *args, **kwargs) -> nn.Module:
+    """Run an mmcv builder; its errors name the config argument."""
+    try:
+        return builder(cfg, *args, **kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError,
+            RuntimeError) as err:
+        kind = ValueError if isinstance(err, (AssertionError, RuntimeError)) \
+            else type(err)
+        shown = ', '.join(map(repr, args))
+        raise kind(f'{arg}={cfg!r} cannot build a layer ({shown}): '
+                   f'{type(err).__name__}: {err}') from err
+
+
+def check_norm_cfg(cfg, data: str = 'maps', arg: str = 'norm_cfg') -> None:
+    """Fail early if ``cfg`` cannot normalize the family's features.
+
+    Builds the layer on the meta device and runs it on a meta input:
+    feature maps ``(N, C, H, W)`` for ``data='maps'`` (so ``LN``, ``BN1d``
+    and ``BN3d`` are refused for conv nets) or tokens ``(N, L, C)`` for
+    ``data='tokens'`` (so ``BN`` is refused for transformers).
+
+    Example:
+        >>> check_norm_cfg(dict(type='BN'))
+        >>> check_norm_cfg(dict(type='LN'))
+        Traceback (most recent call last):
+        ...
+        ValueError: norm_cfg={'type': 'LN'} builds LayerNorm, which cannot normalize feature maps (N, C, H, W)...
+    """
+    import torch
+    channels = 4
+    if isinstance(cfg, Mapping) and isinstance(cfg.get('num_groups'), int):
+        channels = max(cfg['num_groups'], 1) * 2
+    with torch.device('meta'):
+        _, layer = norm_layer(cfg, channels, arg=arg)
+        shape = (2, channels, 3, 3) if data == 'maps' else (2, 3, channels)
+        try:
+            layer.eval()(torch.empty(shape))
+        except Exception as err:  # the layer cannot take this data
+            what = ('feature maps (N, C, H, W)' if data == 'maps' else
+                    'tokens (N, L, C)')
+            first = str(err).splitlines()[0] if str(err) else ''
+            hint = 'BN' if data == 'maps' else 'LN'
+            raise ValueError(f'{arg}={cfg!r} builds {type(layer).__name__}, '
+                             f'which cannot normalize {what} ({first}); '
+                             f'use e.g. dict(type={hint!r})') from None
+
+
 def _registered_names():
     import mmcv.cnn  # noqa: F401  (registers mmcv's layers)
     names = set()
@@ -56,8 +135,9 @@ def norm_layer(cfg: dict, num_features: int, postfix='',
         >>> name, type(layer).__name__
         ('bn1', 'BatchNorm2d')
     """
-    return build_norm_layer(_check_cfg(cfg, arg, _NORM_NAMES), num_features,
-                            postfix=postfix)
+    cfg = _check_cfg(cfg, arg, _NORM_NAMES)
+    _check_values(cfg, arg)
+    return _build(build_norm_layer, cfg, arg, num_features, postfix=postfix)
 
 
 def act_layer(cfg: Optional[dict], arg: str = 'act_cfg') -> nn.Module:
@@ -69,7 +149,9 @@ def act_layer(cfg: Optional[dict], arg: str = 'act_cfg') -> nn.Module:
     """
     if cfg is None:
         return nn.Identity()
-    return build_activation_layer(_check_cfg(cfg, arg, _ACT_NAMES))
+    cfg = _check_cfg(cfg, arg, _ACT_NAMES)
+    _check_values(cfg, arg)
+    return _build(build_activation_layer, cfg, arg)
 
 
 def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
@@ -82,6 +164,8 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
     if cfg is not None:
         cfg = _check_cfg(cfg, 'conv_cfg', ('Conv2d', 'Conv', 'Conv1d',
                                            'Conv3d'))
+        _check_values(cfg, 'conv_cfg')
+        return _build(build_conv_layer, cfg, 'conv_cfg', *args, **kwargs)
     return build_conv_layer(cfg, *args, **kwargs)
 
 
