@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, conv_layer, linear_rates, norm_layer
+from ..layers import (act_layer, check_norm_cfg, conv_layer, linear_rates,
+                      norm_layer)
 from .base_backbone import BaseBackbone
 
 
@@ -196,6 +197,10 @@ def parse_depth(depth, arch) -> int:
     if value is None:
         raise TypeError(f'ResNet needs depth (or arch); choose from '
                         f'{sorted(RESNET_ARCHS)}')
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        arg = 'depth' if depth is not None else 'arch'
+        raise TypeError(f'{arg}={value!r} must be a depth (int) or an arch '
+                        f'name; choose from {sorted(RESNET_ARCHS)}')
     if isinstance(value, str):
         digits = value.lower().removeprefix('resnet').removeprefix('-')
         value = int(digits) if digits.isdigit() else value
@@ -287,6 +292,11 @@ class ResNet(BaseBackbone):
         super().__init__(init_cfg)
         self.depth = parse_depth(depth, arch)
         spec = RESNET_ARCHS[self.depth]
+        # layer configs checked once (the deep stem's ConvModule skips the
+        # factory); a norm that cannot take feature maps is refused here
+        check_norm_cfg(norm_cfg)
+        if conv_cfg is not None:
+            conv_layer(conv_cfg, 1, 1, 1)
         if isinstance(num_stages, bool) or num_stages not in (1, 2, 3, 4):
             raise ValueError(f'num_stages={num_stages!r}; choose from 1, 2, '
                              f'3, 4')
