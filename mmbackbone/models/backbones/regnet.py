@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import act_layer, conv_layer, norm_layer
+from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
 from .base_backbone import BaseBackbone
 from .resnet import ResLayer
 
@@ -388,6 +388,9 @@ class RegNet(BaseBackbone):
                             f'{sorted(REGNET_ARCHS)} or give a dict with '
                             f'keys {list(_ARCH_KEYS)}')
         self.arch = parse_arch(arch)
+        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
+        if conv_cfg is not None:
+            conv_layer(conv_cfg, 1, 1, 1)
         widths, blocks, group_widths = regnet_stages(self.arch)
         num_stages = len(widths)
         if num_stages > 4:
