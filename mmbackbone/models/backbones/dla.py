@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import act_layer, conv_layer, norm_layer
+from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
 from .base_backbone import BaseBackbone
 
 #: Strides of level0 .. level5 (timm asserts output_stride=32 as well).
@@ -382,6 +382,10 @@ class DLA(BaseBackbone):
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.arch = parse_arch(arch)
+        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
+        act_layer(act_cfg)
+        if conv_cfg is not None:
+            conv_layer(conv_cfg, 1, 1, 1)
         if not _is_pos_int(in_channels):
             raise ValueError(f'in_channels={in_channels!r} must be a '
                              f'positive int')
