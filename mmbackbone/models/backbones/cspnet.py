@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, conv_layer, norm_layer
+from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
 from .base_backbone import BaseBackbone
 
 #: Drop-path rates at or below this build no DropPath (as mmpretrain).
@@ -296,6 +296,10 @@ class CSPArch:
         default_factory=dict)
 
     def __post_init__(self):
+        for name, known in (('block', BLOCKS), ('stem', STEMS)):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f'arch {name}={getattr(self, name)!r} must '
+                                f'be a name; choose from {sorted(known)}')
         if self.block not in BLOCKS:
             raise KeyError(f'arch block={self.block!r}; choose from '
                            f'{sorted(BLOCKS)}')
@@ -318,6 +322,16 @@ class CSPArch:
                      'down_growth', 'block_args'):
             object.__setattr__(self, name, _per_stage(
                 getattr(self, name), name, num_stages))
+        for name in ('expand_ratio', 'bottle_ratio'):
+            for v in getattr(self, name):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not 0 < v < float('inf'):
+                    raise ValueError(f'arch {name}={getattr(self, name)!r} '
+                                     f'must hold positive numbers')
+        for name in ('has_downsampler', 'down_growth'):
+            if not all(isinstance(v, bool) for v in getattr(self, name)):
+                raise TypeError(f'arch {name}={getattr(self, name)!r} must '
+                                f'hold True or False')
         for i in range(1, num_stages):
             if self.in_channels[i] != self.out_channels[i - 1]:
                 raise ValueError(
@@ -484,7 +498,7 @@ class CSPNet(BaseBackbone):
             raise ValueError(f'deep_stem=True needs the resnet stem; this '
                              f'arch has stem={spec.stem!r}')
         # validate the layer configs once, with errors naming the argument
-        norm_layer(norm_cfg, 2)
+        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
         act_layer(act_cfg)
         if conv_cfg is not None:
             conv_layer(conv_cfg, 1, 1, 1)
@@ -507,15 +521,24 @@ class CSPNet(BaseBackbone):
         stages = []
         for i in range(spec.num_stages):
             n = spec.num_blocks[i]
-            stages.append(CSPStage(
-                BLOCKS[spec.block], spec.in_channels[i], spec.out_channels[i],
-                has_downsampler=spec.has_downsampler[i],
-                down_growth=spec.down_growth[i],
-                expand_ratio=spec.expand_ratio[i],
-                bottle_ratio=spec.bottle_ratio[i], num_blocks=n,
-                block_dpr=rates[:n], block_args=spec.block_args[i],
-                conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                with_cp=with_cp))
+            try:
+                stages.append(CSPStage(
+                    BLOCKS[spec.block], spec.in_channels[i],
+                    spec.out_channels[i],
+                    has_downsampler=spec.has_downsampler[i],
+                    down_growth=spec.down_growth[i],
+                    expand_ratio=spec.expand_ratio[i],
+                    bottle_ratio=spec.bottle_ratio[i], num_blocks=n,
+                    block_dpr=rates[:n], block_args=spec.block_args[i],
+                    conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                    with_cp=with_cp))
+            except (ValueError, TypeError) as err:  # a custom arch row
+                raise type(err)(
+                    f'arch stage {i} (block={spec.block!r}, in_channels='
+                    f'{spec.in_channels[i]}, out_channels='
+                    f'{spec.out_channels[i]}, block_args='
+                    f'{spec.block_args[i]!r}) cannot be built: {err}'
+                ) from err
             rates = rates[n:]
         self.stages = nn.Sequential(*stages)
         self._freeze_stages()
@@ -570,6 +593,10 @@ class CSPNet(BaseBackbone):
             value = next(iter(cls.arch_settings))
         names = {arch_name: d for d, row in cls.arch_settings.items()
                  for arch_name, known in CSP_ARCHS.items() if known is row}
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(f'{arg}={value!r} must be a {name} depth (int) '
+                            f'or arch name; choose from '
+                            f'{sorted(cls.arch_settings)} or {sorted(names)}')
         if isinstance(value, str):
             lowered = value.lower()
             value = names.get(lowered, int(lowered) if lowered.isdigit()
