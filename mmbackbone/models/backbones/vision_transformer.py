@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, conv_layer, norm_layer
+from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
 from .base_backbone import BaseBackbone
 
 IntPair = Union[int, Tuple[int, int]]
@@ -460,6 +460,7 @@ class VisionTransformer(BaseBackbone):
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         spec = parse_arch(arch)
+        check_norm_cfg(norm_cfg, data='tokens')  # e.g. BN cannot take tokens
         self.arch_settings = asdict(spec)
         self.embed_dims, self.num_layers = spec.embed_dims, spec.num_layers
         self.img_size = _pair(img_size, 'img_size')
