@@ -185,6 +185,29 @@ def check_arguments(obj: Callable, args: Mapping[str, Any],
                             f'{", ".join(valid)}')
 
 
+#: Integers in a model config must lie strictly within +-2**31: no layer
+#: count, width or size is that large, and a garbage value such as
+#: ``num_layers=2**40`` must fail at once instead of exhausting memory.
+MAX_CONFIG_INT = 2**31
+
+
+def check_int_range(value: Any, where: str, type_name: str) -> None:
+    """Refuse integers beyond :data:`MAX_CONFIG_INT`, naming the key."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_CONFIG_INT < value < MAX_CONFIG_INT:
+            raise ValueError(f'{type_name}: {where}={value!r} is out of '
+                             f'range; integers in a model config must lie '
+                             f'within +-2**31')
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_int_range(item, f'{where}.{key}', type_name)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_int_range(item, f'{where}[{i}]', type_name)
+
+
 def build_from_config(cfg: Mapping, registry=MODELS, what: str = 'model'):
     """Build a registered object from a config dict, safely.
 
@@ -204,6 +227,8 @@ def build_from_config(cfg: Mapping, registry=MODELS, what: str = 'model'):
     obj = resolve_type(type_, registry)
     name = getattr(obj, '__name__', str(obj))
     check_arguments(obj, args, name)
+    for key, value in args.items():
+        check_int_range(value, key, name)
     from mmengine.registry import DefaultScope
     try:
         with DefaultScope.overwrite_default_scope(registry.scope):
