@@ -103,7 +103,8 @@ def test_killed_during_checkpoint_write_loses_nothing_and_resumes(tmp_path):
     driver = tmp_path / 'driver.py'
     driver.write_text(KILL_DRIVER.format(tools=str(ROOT / 'tools')))
     argv = [sys.executable, str(driver), CONFIG, '--work-dir', str(work_dir),
-            '--cfg-options', *TINY, 'default_hooks.checkpoint.max_keep_ckpts=1']
+            '--cfg-options', *TINY,
+            'default_hooks.checkpoint.max_keep_ckpts=1']
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 137, proc.stderr[-3000:]
     files = sorted(os.listdir(work_dir))

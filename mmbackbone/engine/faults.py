@@ -394,9 +394,9 @@ class WorkDirCheckHook(Hook):
                 dirs.add(out_dir)
         for directory in sorted(dirs):
             check_work_dir(directory, need)
+        free = shutil.disk_usage(runner.work_dir).free / 2**30
         runner.logger.info(f'work dir {runner.work_dir}: writable, '
-                           f'{shutil.disk_usage(runner.work_dir).free / 2**30:.1f}'
-                           f' GiB free (need ~{need:.0f} MiB)')
+                           f'{free:.1f} GiB free (need ~{need:.0f} MiB)')
 
 
 def _loss_items(outputs: Any):
@@ -430,7 +430,8 @@ class NonFiniteLossHook(Hook):
         >>> from types import SimpleNamespace
         >>> hook = NonFiniteLossHook()
         >>> runner = SimpleNamespace(iter=6, epoch=0)
-        >>> hook.after_train_iter(runner, 6, outputs={'loss': torch.tensor(1.)})
+        >>> hook.after_train_iter(runner, 6,
+        ...                       outputs={'loss': torch.tensor(1.)})
         >>> hook.after_train_iter(runner, 6,
         ...                       outputs={'loss': torch.tensor(float('nan'))})
         Traceback (most recent call last):
