@@ -7,6 +7,7 @@ before they are imported: every attribute of it is a function that raises
 ``RuntimeError('needs compiled mmcv')``, so a test fails loudly if a
 compiled op is ever called (training losses on CPU never need one).
 """
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -39,6 +40,9 @@ def install_mmcv_ext_standin() -> types.ModuleType:
         return module
     module = types.ModuleType('mmcv._ext')
     module.__mmbackbone_standin__ = True
+    # a spec without a loader: importlib.util.find_spec works on it, and
+    # mmengine's mmcv_full_available() (pkgutil.find_loader) stays False
+    module.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', None)
 
     def __getattr__(name):
         if name.startswith('__') and name.endswith('__'):

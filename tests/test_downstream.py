@@ -159,3 +159,6 @@ def test_compiled_ops_fail_loudly_on_mmcv_lite():
     boxes[:, 2:] += 1
     with pytest.raises(RuntimeError, match=STANDIN_MESSAGE):
         mmcv.ops.nms(boxes, scores, 0.5)
+    # mmengine (e.g. the Runner's SyncBN check) still sees no full mmcv
+    from mmengine.utils.dl_utils import mmcv_full_available
+    assert not mmcv_full_available()
