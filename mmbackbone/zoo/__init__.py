@@ -118,13 +118,15 @@ def default_weights(type_name: str,
                     arch: Union[str, Sequence[str]]) -> WeightsEntry:
     """The default entry for a type and arch (or any of its alias names)."""
     names = _arch_names(arch)
-    matches = [e for e in load_index().values()
-               if e.type == type_name and e.arch in names]
-    if not matches:
+    entries = [e for e in load_index().values() if e.type == type_name]
+    for name in names:  # the first name (the one given) wins over aliases
+        matches = [e for e in entries if e.arch == name]
+        if matches:
+            break
+    else:
         raise KeyError(f'no pretrained weights are indexed for '
                        f'{type_name} arch {names[0]!r}; indexed archs of '
-                       f'{type_name}: '
-                       f'{sorted({e.arch for e in load_index().values() if e.type == type_name})}')
+                       f'{type_name}: {sorted({e.arch for e in entries})}')
     defaults = [e for e in matches if e.default] or matches
     return defaults[0]
 

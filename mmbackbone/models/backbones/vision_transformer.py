@@ -540,9 +540,10 @@ class VisionTransformer(BaseBackbone):
         if out_type == 'avg_featmap':
             self.ln2 = norm_layer(norm_cfg, self.embed_dims)[1]
         self._freeze_stages()
+        given = [arch.lower()] if isinstance(arch, str) else []
         self._setup_pretrained(
-            pretrained, [name for name, row in VIT_ARCHS.items()
-                         if row == spec])
+            pretrained, given + [name for name, row in VIT_ARCHS.items()
+                                 if row == spec])
 
     # ---------------------------------------------------------- arguments
     @staticmethod
