@@ -173,7 +173,9 @@ def test_main_usage(capsys):
     assert code == 2 and 'unrecognized arguments: b' in err
 
 
-def test_register_subcommand(capsys):
+def test_register_subcommand(capsys, monkeypatch):
+    monkeypatch.setitem(SUBCOMMANDS, 'demo-weights', None)
+
     def setup(parser):
         parser.add_argument('name')
 
@@ -181,12 +183,10 @@ def test_register_subcommand(capsys):
         print(f'weights for {args.name}')
         return 0
 
-    register_subcommand('weights', setup, run_weights, 'list weights')
-    try:
-        code, out, _ = run(capsys, 'weights', 'resnet50')
-        assert code == 0 and out == 'weights for resnet50\n'
-    finally:
-        SUBCOMMANDS.pop('weights')
+    register_subcommand('demo-weights', setup, run_weights, 'list weights')
+    code, out, _ = run(capsys, 'demo-weights', 'resnet50')
+    assert code == 0 and out == 'weights for resnet50\n'
+    assert 'weights' in SUBCOMMANDS  # the built-in one is untouched
 
 
 def test_import_option_registers_custom_backbone(capsys, tmp_path,

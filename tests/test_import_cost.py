@@ -71,12 +71,19 @@ INIT_FUNCTIONS = ('uniform_', 'normal_', 'trunc_normal_', 'constant_',
 
 @pytest.fixture
 def init_writes(monkeypatch):
-    """Count, per tensor, the calls of torch.nn.init functions."""
+    """Count, per tensor, the calls of torch.nn.init functions.
+
+    Every tensor seen is kept alive, so that a freed probe tensor (config
+    checks build throw-away layers on the meta device) cannot hand its
+    ``id`` to a parameter created later.
+    """
     writes = collections.Counter()
+    seen = []
     for name in INIT_FUNCTIONS:
         original = getattr(init, name)
 
         def counted(tensor, *args, _original=original, **kwargs):
+            seen.append(tensor)
             writes[id(tensor)] += 1
             return _original(tensor, *args, **kwargs)
 
