@@ -1,0 +1,577 @@
+"""Speed, memory and start-up of mmbackbone backbones against timm and
+torchvision, with the same weights, in one process.
+
+Examples::
+
+    # the preset list (ResNet-50, ViT-B/16, RegNetX-4.0GF, CSPDarkNet-53,
+    # DLA-34): eager forward (inference mode) and forward+backward (train
+    # mode), ours against timm (and torchvision for ResNet-50)
+    python tools/benchmark.py --batch 8 --size 224 --threads 2
+
+    # one preset, machine-readable
+    python tools/benchmark.py --preset resnet50 --json results.json
+
+    # any backbone config (a config file's model.backbone, or a dict)
+    python tools/benchmark.py --config "dict(type='ResNet', depth=18)" \\
+        --timm resnet18
+
+    # gradient checkpointing: peak training memory with and without
+    python tools/benchmark.py --with-cp
+
+    # start-up: import + build ResNet-50, cold processes
+    python tools/benchmark.py --startup
+
+How it measures:
+
+* Time: the models run interleaved in one process: every repetition runs
+  each model once, in alternating order, so drifts of the machine hit all
+  of them alike. Reported: the median over ``--repeats`` after
+  ``--warmup`` runs. ``infer`` runs ``model.eval()`` under
+  ``torch.inference_mode()``; ``train`` runs ``model.train()``, forward,
+  ``sum(mean(outputs)).backward()`` (gradients reset outside the timing).
+* Same weights: timm's model is built with random weights, saved to a
+  file and loaded into ours through ``init_cfg=dict(type='Pretrained')``
+  (our key conversion), and into torchvision's when it has the model; the
+  features of ours and the peer are compared (``max diff`` column).
+* Peers run their feature extractor: timm's ``forward_features``,
+  torchvision's layers up to the last stage; ours returns its default
+  ``out_indices``.
+* Peak memory: every (model, mode) runs in a fresh child process that
+  builds the model and the input, resets the kernel's RSS high-water mark
+  (``/proc/self/clear_refs``), runs two steps and reads ``VmHWM``. The
+  figure is the peak RSS growth over the RSS after building: activations,
+  gradients and workspaces, not the parameters. glibc's mmap threshold is
+  pinned to 64 KiB in the child so freed tensors leave RSS promptly.
+* Start-up: ``--startup`` runs each command ``--startup-runs`` times in a
+  new interpreter, interleaved, after one untimed run that warms the file
+  cache; wall time of the whole process, median.
+"""
+import argparse
+import ast
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One architecture as ours, timm's and (optionally) torchvision's."""
+    name: str
+    ours: dict
+    timm: str
+    torchvision: Optional[str] = None
+    #: the model is built for one input size (ViT): give it ``--size``
+    sized: bool = False
+
+
+PRESETS: Dict[str, Preset] = {p.name: p for p in [
+    Preset('resnet50', dict(type='ResNet', depth=50), 'resnet50',
+           'resnet50'),
+    Preset('vit_b16', dict(type='VisionTransformer', arch='b', img_size=224,
+                           patch_size=16), 'vit_base_patch16_224',
+           sized=True),
+    Preset('regnetx_4.0gf', dict(type='RegNet', arch='regnetx_4.0gf'),
+           'regnetx_040'),
+    Preset('cspdarknet53', dict(type='CSPDarkNet', depth=53),
+           'cspdarknet53'),
+    Preset('dla34', dict(type='DLA', arch='dla34'), 'dla34'),
+]}
+
+#: Presets of the --with-cp measurement (batch 16 by default).
+CP_PRESETS = ('resnet50', 'vit_b16')
+
+STARTUP_COMMANDS = {
+    'mmbackbone': "import mmbackbone; "
+                  "mmbackbone.build_backbone(dict(type='ResNet', depth=50))",
+    'mmpretrain': 'from mmpretrain.models import ResNet; ResNet(depth=50)',
+    'timm': "import timm; timm.create_model('resnet50')",
+    'torch (floor)': 'import torch',
+}
+
+
+# ------------------------------------------------------------ models
+class TimmFeatures(nn.Module):
+    """A timm model's ``forward_features``: the peer of a backbone."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+class TorchvisionBody(nn.Module):
+    """A torchvision classifier without its pooling and head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*list(model.children())[:-2])
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def ours_available(cfg: dict) -> Optional[str]:
+    """None when our registry has the type, else the reason."""
+    from mmbackbone.registry import MODELS
+    import mmbackbone  # noqa: F401  (registers every type)
+    MODELS.import_from_location()
+    if MODELS.get(cfg['type']) is None:
+        return f"{cfg['type']} is not registered (not available yet)"
+    return None
+
+
+def build_ours(cfg: dict, checkpoint: Optional[str] = None,
+               **overrides) -> nn.Module:
+    from mmbackbone import build_backbone
+    cfg = dict(cfg, **overrides)
+    if checkpoint is not None:
+        cfg['init_cfg'] = dict(type='Pretrained', checkpoint=checkpoint)
+    model = build_backbone(cfg)
+    if checkpoint is not None:
+        model.init_weights()
+    return model
+
+
+def build_timm(name: str, **kwargs) -> nn.Module:
+    import timm
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def build_torchvision(name: str) -> nn.Module:
+    import torchvision
+    return getattr(torchvision.models, name)(weights=None)
+
+
+def leaves(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in leaves(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in leaves(o)]
+    return []
+
+
+def feature_diff(ours_out, peer_out) -> Optional[float]:
+    """Max abs difference of the last feature, matching token layouts."""
+    a, b = leaves(ours_out)[-1].float(), leaves(peer_out)[-1].float()
+    if a.dim() == 2 and b.dim() == 3:  # class token vs all tokens
+        b = b[:, 0]
+    elif a.dim() == 4 and b.dim() == 3:  # map vs tokens (prefix dropped)
+        n = a.shape[2] * a.shape[3]
+        b = b[:, -n:].transpose(1, 2).reshape(a.shape)
+    if a.shape != b.shape:
+        return None
+    return (a - b).abs().max().item()
+
+
+# ------------------------------------------------------------ timing
+def step(model: nn.Module, x: torch.Tensor, train: bool):
+    if train:
+        out = model(x)
+        loss = sum(t.float().mean() for t in leaves(out))
+        loss.backward()
+        return None
+    with torch.inference_mode():
+        return model(x)
+
+
+def timed_interleaved(models: List[Tuple[str, nn.Module]], x: torch.Tensor,
+                      train: bool, repeats: int, warmup: int
+                      ) -> Dict[str, List[float]]:
+    """Run each model once per repetition, alternating the order."""
+    for _, model in models:
+        model.train(train)
+    times: Dict[str, List[float]] = {name: [] for name, _ in models}
+    for rep in range(warmup + repeats):
+        order = models if rep % 2 == 0 else models[::-1]
+        for name, model in order:
+            if train:
+                model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            step(model, x, train)
+            elapsed = time.perf_counter() - start
+            if rep >= warmup:
+                times[name].append(elapsed)
+    for _, model in models:
+        model.zero_grad(set_to_none=True)
+    return times
+
+
+@dataclass
+class Row:
+    case: str
+    mode: str
+    impl: str
+    median_ms: Optional[float] = None
+    ratio: Optional[float] = None
+    ratio_of: str = ''
+    peak_mb: Optional[float] = None
+    weights: str = ''
+    max_diff: Optional[float] = None
+    note: str = ''
+    times_ms: List[float] = field(default_factory=list)
+
+
+def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
+                   tv_name: Optional[str], args, sized: bool = False
+                   ) -> List[Row]:
+    """Time (and measure) ours, ours optimised, timm and torchvision."""
+    timm_kwargs = {}
+    if sized:
+        ours_cfg = dict(ours_cfg, img_size=args.size)
+        timm_kwargs = dict(img_size=args.size)
+    reason = ours_available(ours_cfg)
+    if reason is not None:
+        return [Row(name, mode, 'ours', note=f'not available: {reason}')
+                for mode in args.modes]
+    torch.manual_seed(0)
+    peers: List[Tuple[str, nn.Module]] = []
+    weights, ckpt = 'random (no peer)', None
+    tmp = tempfile.TemporaryDirectory()
+    if timm_name:
+        import timm
+        if not timm.is_model(timm_name):
+            print(f'[{name}] timm has no {timm_name}; skipping the peer')
+        else:
+            full = build_timm(timm_name, **timm_kwargs).eval()
+            ckpt = os.path.join(tmp.name, f'{timm_name}.pth')
+            torch.save(full.state_dict(), ckpt)
+            peers.append(('timm', TimmFeatures(full)))
+            if tv_name:
+                tv = build_torchvision(tv_name)
+                tv.load_state_dict(full.state_dict())  # same keys as timm
+                peers.append(('torchvision', TorchvisionBody(tv)))
+    try:
+        ours = build_ours(ours_cfg, ckpt)
+        weights = 'peer (timm)' if ckpt else weights
+    except Exception as err:  # noqa: BLE001  (report, keep timing)
+        print(f'[{name}] loading the timm weights into ours failed: '
+              f'{type(err).__name__}: {err}')
+        ours = build_ours(ours_cfg)
+        weights = f'random (load failed: {type(err).__name__})'
+    ours.eval()
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    diffs: Dict[str, Optional[float]] = {}
+    with torch.inference_mode():
+        ref = ours(x[:1])
+        for peer_name, peer in peers:
+            diffs[peer_name] = feature_diff(ref, peer.eval()(x[:1]))
+
+    rows: List[Row] = []
+    for mode in args.modes:
+        train = mode == 'train'
+        models = [('ours', ours)] + peers
+        if not train and args.optimized:
+            from mmbackbone import optimize_for_inference
+            models.insert(1, ('ours-opt', optimize_for_inference(ours)))
+        times = timed_interleaved(models, x, train, args.repeats,
+                                  args.warmup)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        for impl, _ in models:
+            row = Row(name, mode, impl, round(med[impl], 2),
+                      times_ms=[round(t * 1e3, 2) for t in times[impl]])
+            if impl == 'ours':
+                row.weights = weights
+            elif impl == 'ours-opt':
+                if 'timm' in med:
+                    row.ratio = round(med[impl] / med['timm'], 3)
+                    row.ratio_of = 'ours-opt/timm'
+            else:
+                row.ratio = round(med['ours'] / med[impl], 3)
+                row.ratio_of = f'ours/{impl}'
+                row.max_diff = diffs.get(impl)
+            rows.append(row)
+        print_rows(rows[-len(models):], header=not rows[:-len(models)])
+    del ours, peers
+    gc.collect()
+    tmp.cleanup()
+    if args.memory:
+        for row in rows:
+            spec = dict(ours=ours_cfg, timm=timm_name, torchvision=tv_name,
+                        timm_kwargs=timm_kwargs, impl=row.impl, mode=row.mode, batch=args.batch,
+                        size=args.size, threads=args.threads)
+            row.peak_mb = memory_child(spec)
+    return rows
+
+
+# ------------------------------------------------------------ memory
+def _proc_status(key: str) -> int:
+    with open('/proc/self/status') as f:
+        return int(re.search(rf'{key}:\s+(\d+)', f.read()).group(1))
+
+
+def memory_child(spec: dict) -> Optional[float]:
+    """Peak RSS growth (MiB) of one (model, mode) in a fresh process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536',
+               OMP_NUM_THREADS=str(spec['threads']))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--memory-child',
+         json.dumps(spec)], capture_output=True, text=True, env=env)
+    match = re.search(r'^PEAK_MB (\S+)$', proc.stdout, re.M)
+    if proc.returncode or not match:
+        print(f'memory child failed for {spec}: {proc.stderr[-2000:]}')
+        return None
+    return float(match.group(1))
+
+
+def run_memory_child(spec: dict) -> None:
+    torch.set_num_threads(spec['threads'])
+    impl, train = spec['impl'], spec['mode'] == 'train'
+    if impl in ('ours', 'ours-opt'):
+        model = build_ours(spec['ours'], **spec.get('overrides', {}))
+        if impl == 'ours-opt':
+            from mmbackbone import optimize_for_inference
+            model = optimize_for_inference(model, inplace=True)
+    elif impl == 'timm':
+        model = TimmFeatures(build_timm(spec['timm'],
+                                        **spec.get('timm_kwargs', {})))
+    else:
+        model = TorchvisionBody(build_torchvision(spec['torchvision']))
+    model.train(train)
+    x = torch.rand(spec['batch'], 3, spec['size'], spec['size'])
+    gc.collect()
+    base_kb = _proc_status('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    times = []
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        step(model, x, train)
+        times.append(time.perf_counter() - start)
+    peak_kb = _proc_status('VmHWM')
+    print(f'PEAK_MB {(peak_kb - base_kb) / 1024:.1f}')
+    print(f'STEP_MS {min(times) * 1e3:.1f}')
+
+
+def benchmark_with_cp(args) -> List[dict]:
+    """Peak training memory with and without gradient checkpointing."""
+    results = []
+    for name in CP_PRESETS:
+        preset = PRESETS[name]
+        reason = ours_available(preset.ours)
+        if reason is not None:
+            results.append(dict(case=name, note=f'not available: {reason}'))
+            print(f'{name:<14} not available: {reason}')
+            continue
+        entry: Dict[str, Any] = dict(case=name, batch=args.cp_batch,
+                                     size=args.size)
+        for with_cp in (False, True):
+            ours_cfg = (dict(preset.ours, img_size=args.size)
+                        if preset.sized else preset.ours)
+            spec = dict(ours=ours_cfg, impl='ours', mode='train',
+                        batch=args.cp_batch, size=args.size,
+                        threads=args.threads,
+                        overrides=dict(with_cp=with_cp))
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__),
+                 '--memory-child', json.dumps(spec)],
+                capture_output=True, text=True, env=env)
+            peak = re.search(r'^PEAK_MB (\S+)$', proc.stdout, re.M)
+            ms = re.search(r'^STEP_MS (\S+)$', proc.stdout, re.M)
+            if proc.returncode or not peak:
+                entry[f'error_cp_{with_cp}'] = proc.stderr[-2000:]
+                continue
+            key = 'with_cp' if with_cp else 'without_cp'
+            entry[f'{key}_peak_mb'] = float(peak.group(1))
+            entry[f'{key}_step_ms'] = float(ms.group(1))
+        if 'with_cp_peak_mb' in entry and 'without_cp_peak_mb' in entry:
+            entry['memory_cut'] = round(
+                1 - entry['with_cp_peak_mb'] / entry['without_cp_peak_mb'],
+                3)
+            entry['time_ratio'] = round(
+                entry['with_cp_step_ms'] / entry['without_cp_step_ms'], 3)
+        results.append(entry)
+        print(f"{name:<14} batch {args.cp_batch} @{args.size}: peak train "
+              f"memory {entry.get('without_cp_peak_mb')} MiB -> "
+              f"{entry.get('with_cp_peak_mb')} MiB with with_cp "
+              f"(cut {entry.get('memory_cut')}); step "
+              f"{entry.get('without_cp_step_ms')} -> "
+              f"{entry.get('with_cp_step_ms')} ms")
+    return results
+
+
+# ------------------------------------------------------------ start-up
+def benchmark_startup(args) -> Dict[str, Any]:
+    """Median wall time of cold interpreters importing and building."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               PYTHONWARNINGS='ignore')
+    commands = dict(STARTUP_COMMANDS)
+
+    def run(code: str) -> float:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, '-c', code], env=env,
+                              capture_output=True, text=True, cwd=ROOT)
+        elapsed = time.perf_counter() - start
+        if proc.returncode:
+            raise RuntimeError(f'{code!r} failed: {proc.stderr[-1000:]}')
+        return elapsed
+
+    for code in commands.values():  # warm the file cache, untimed
+        run(code)
+    times: Dict[str, List[float]] = {k: [] for k in commands}
+    names = list(commands)
+    for rep in range(args.startup_runs):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            times[name].append(run(commands[name]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = dict(commands=commands, runs_s={k: [round(t, 3) for t in v]
+                                             for k, v in times.items()},
+                  median_s={k: round(v, 3) for k, v in med.items()},
+                  ratio_vs_mmpretrain=round(med['mmbackbone']
+                                            / med['mmpretrain'], 3),
+                  ratio_vs_timm=round(med['mmbackbone'] / med['timm'], 3))
+    print(f"{'start-up (import + build ResNet-50)':<40} median of "
+          f'{args.startup_runs}')
+    for name in names:
+        print(f'  {name:<16} {med[name]:7.2f} s   runs '
+              f'{[round(t, 2) for t in times[name]]}')
+    print(f"  mmbackbone / mmpretrain = {result['ratio_vs_mmpretrain']}; "
+          f"mmbackbone / timm = {result['ratio_vs_timm']}")
+    return result
+
+
+# ------------------------------------------------------------ output
+def print_rows(rows: List[Row], header: bool = True) -> None:
+    if header:
+        print(f"{'case':<14} {'mode':<6} {'impl':<12} {'median ms':>10} "
+              f"{'ratio':>7} {'ratio of':<14} {'peak MiB':>9} "
+              f"{'max diff':>9}  weights / note")
+    for r in rows:
+        fmt = (lambda v, spec: format(v, spec) if v is not None else '-')
+        print(f'{r.case:<14} {r.mode:<6} {r.impl:<12} '
+              f"{fmt(r.median_ms, '10.1f'):>10} {fmt(r.ratio, '7.3f'):>7} "
+              f"{r.ratio_of:<14} {fmt(r.peak_mb, '9.0f'):>9} "
+              f"{fmt(r.max_diff, '9.1e'):>9}  {r.weights or r.note}")
+
+
+def parse_config(text: str) -> dict:
+    """A backbone config: a config file (its model.backbone or model) or
+    a ``dict(...)`` / JSON literal."""
+    if os.path.isfile(text):
+        from mmengine.config import Config
+        cfg = Config.fromfile(text)
+        model = cfg.get('model', cfg)
+        return dict(model.get('backbone', model))
+    node = ast.parse(text, mode='eval').body
+    if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'dict':
+        return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+    return dict(ast.literal_eval(node))
+
+
+def environment(args) -> dict:
+    import timm
+    import torchvision
+    return dict(python=platform.python_version(), torch=torch.__version__,
+                timm=timm.__version__, torchvision=torchvision.__version__,
+                cpu=platform.processor() or platform.machine(),
+                cores=os.cpu_count(), threads=args.threads,
+                load_average=os.getloadavg())
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--preset', nargs='+', choices=sorted(PRESETS),
+                        help='presets to run (default: all)')
+    parser.add_argument('--config', help='a backbone config: a config file '
+                        "or a dict literal such as \"dict(type='ResNet', "
+                        'depth=18)"')
+    parser.add_argument('--timm', help='timm model to compare --config with')
+    parser.add_argument('--torchvision', help='torchvision model to '
+                        'compare --config with')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--modes', nargs='+', default=['infer', 'train'],
+                        choices=['infer', 'train'])
+    parser.add_argument('--no-optimized', dest='optimized',
+                        action='store_false',
+                        help='do not time optimize_for_inference(ours)')
+    parser.add_argument('--no-memory', dest='memory', action='store_false',
+                        help='skip the per-case peak memory children')
+    parser.add_argument('--with-cp', action='store_true',
+                        help='peak training memory with/without with_cp '
+                        '(ResNet-50, ViT-B/16)')
+    parser.add_argument('--cp-batch', type=int, default=16)
+    parser.add_argument('--startup', action='store_true',
+                        help='cold start: import + build ResNet-50')
+    parser.add_argument('--startup-runs', type=int, default=5)
+    parser.add_argument('--json', help='write the results to this file '
+                        "('-' for stdout)")
+    parser.add_argument('--memory-child', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ('batch', 'size', 'threads', 'repeats', 'cp_batch',
+                 'startup_runs'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0')
+    if (args.timm or args.torchvision) and not args.config:
+        parser.error('--timm/--torchvision compare a --config')
+    return args
+
+
+def main(argv=None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.memory_child:
+        run_memory_child(json.loads(args.memory_child))
+        return {}
+    torch.set_num_threads(args.threads)
+    results: Dict[str, Any] = dict(env=environment(args), args=vars(args))
+    only_extras = (args.with_cp or args.startup) and not (args.preset
+                                                          or args.config)
+    if not only_extras:
+        rows: List[Row] = []
+        if args.config:
+            cfg = parse_config(args.config)
+            rows += benchmark_case(cfg['type'], cfg, args.timm,
+                                   args.torchvision, args)
+        for name in (args.preset or ([] if args.config else PRESETS)):
+            p = PRESETS[name]
+            rows += benchmark_case(name, p.ours, p.timm, p.torchvision, args,
+                                   p.sized)
+        print(f'\nbatch {args.batch}, {args.size}x{args.size}, '
+              f'{args.threads} threads, median of {args.repeats} '
+              f'(after {args.warmup} warm-up), interleaved')
+        print_rows(rows)
+        results['rows'] = [asdict(r) for r in rows]
+    if args.with_cp:
+        results['with_cp'] = benchmark_with_cp(args)
+    if args.startup:
+        results['startup'] = benchmark_startup(args)
+    if args.json:
+        text = json.dumps(results, indent=2, default=str)
+        if args.json == '-':
+            print(text)
+        else:
+            with open(args.json, 'w') as f:
+                f.write(text + '\n')
+    return results
+
+
+if __name__ == '__main__':
+    main()
