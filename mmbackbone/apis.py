@@ -1,10 +1,16 @@
-"""Public entry points: build_backbone, list_backbones."""
+"""Public entry points: build_backbone, list_backbones,
+optimize_for_inference (implemented in :mod:`mmbackbone.deploy`)."""
 import fnmatch
 import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from mmbackbone.deploy import optimize_for_inference
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
+
+__all__ = ['build_backbone', 'list_backbones', 'optimize_for_inference',
+           'build_from_config', 'resolve_type', 'check_config_types',
+           'check_arguments']
 
 #: Errors a bad config may raise; anything else from a constructor is
 #: reported as a ValueError naming the type and the config.

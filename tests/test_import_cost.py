@@ -97,3 +97,11 @@ def test_build_resnet50_initialises_each_weight_once(init_writes):
     assert params
     counts = collections.Counter(init_writes[id(p)] for p in params)
     assert counts == {1: len(params)}, counts
+
+
+def test_optimize_for_inference_is_in_apis():
+    """DESIGN.md places it in mmbackbone.apis with the other entry points."""
+    from mmbackbone import apis
+    assert apis.optimize_for_inference is mmbackbone.optimize_for_inference
+    assert set(apis.__all__) >= {'build_backbone', 'list_backbones',
+                                 'optimize_for_inference'}

@@ -265,3 +265,41 @@ def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r'state_dict\.pth is not a '
                        r'TorchScript'):
         build_backbone(dict(type='TorchScriptBackbone', path=str(state)))
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_trace_and_onnx_export(tmp_path):
+    """A TorchScript file wrapped by TorchScriptBackbone still deploys:
+    torch.jit.trace gives its features, and the traced module exports to
+    ONNX (run by onnxruntime). The legacy ONNX exporter cannot take the
+    eager wrapper itself: it traces with a module map that a loaded
+    ScriptModule child is not part of.
+
+    The file is written by another process, as users get them: a module
+    scripted in this process would share its TorchScript class with the
+    loaded one, which confuses the tracer.
+    """
+    import io
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+    path = tmp_path / 'r18.pt'
+    subprocess.run([sys.executable, str(TOOL), 'ResNet:resnet18', str(path),
+                    '--input-size', '64', '64'], check=True,
+                   capture_output=True)
+    model = TorchScriptBackbone(str(path)).eval()
+    x, other = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 96, 64)
+    with torch.no_grad():
+        want = model(other)[0]
+        traced = torch.jit.trace(model, (x, ), strict=False)
+        assert_close(traced(other)[0], want, atol=1e-4, rtol=0)
+    buffer = io.BytesIO()
+    torch.onnx.export(traced, (x, ), buffer, dynamo=False, opset_version=17,
+                      input_names=['x'],
+                      dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}})
+    session = ort.InferenceSession(buffer.getvalue(),
+                                   providers=['CPUExecutionProvider'])
+    (got, ) = session.run(None, {'x': other.numpy()})
+    assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=0)

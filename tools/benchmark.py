@@ -44,7 +44,9 @@ How it measures:
   pinned to 64 KiB in the child so freed tensors leave RSS promptly.
 * Start-up: ``--startup`` runs each command ``--startup-runs`` times in a
   new interpreter, interleaved, after one untimed run that warms the file
-  cache; wall time of the whole process, median.
+  cache and writes the bytecode caches (``PYTHONDONTWRITEBYTECODE`` is
+  dropped for the children, as on a normal install); wall time of the
+  whole process, median.
 """
 import argparse
 import ast
@@ -307,8 +309,9 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
     if args.memory:
         for row in rows:
             spec = dict(ours=ours_cfg, timm=timm_name, torchvision=tv_name,
-                        timm_kwargs=timm_kwargs, impl=row.impl, mode=row.mode, batch=args.batch,
-                        size=args.size, threads=args.threads)
+                        timm_kwargs=timm_kwargs, impl=row.impl,
+                        mode=row.mode, batch=args.batch, size=args.size,
+                        threads=args.threads)
             row.peak_mb = memory_child(spec)
     return rows
 
@@ -416,6 +419,9 @@ def benchmark_startup(args) -> Dict[str, Any]:
     """Median wall time of cold interpreters importing and building."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS='ignore')
+    # Bytecode caching as on a normal install (pip writes .pyc files for
+    # site-packages; an editable checkout gets them on the first import).
+    env.pop('PYTHONDONTWRITEBYTECODE', None)
     commands = dict(STARTUP_COMMANDS)
 
     def run(code: str) -> float:

@@ -62,7 +62,9 @@ class BasicBlock(nn.Module):
         out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
         out = getattr(self, self.norm2_name)(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.drop_path(out) + identity
+        out = self.drop_path(out)
+        out += identity  # in place: one feature-map allocation less
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         if self.with_cp and x.requires_grad:
@@ -123,7 +125,9 @@ class Bottleneck(nn.Module):
         out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
         out = getattr(self, self.norm3_name)(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.drop_path(out) + identity
+        out = self.drop_path(out)
+        out += identity  # in place: one feature-map allocation less
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         if self.with_cp and x.requires_grad:
