@@ -105,3 +105,67 @@ def test_optimize_for_inference_is_in_apis():
     assert apis.optimize_for_inference is mmbackbone.optimize_for_inference
     assert set(apis.__all__) >= {'build_backbone', 'list_backbones',
                                  'optimize_for_inference'}
+
+
+def test_import_and_default_resnet_build_do_not_import_mmcv():
+    """mmcv (PIL, OpenCV: about 0.25 s) loads on the first layer that needs
+    it, not for ``import mmbackbone`` or a default ResNet."""
+    loaded = run_python(
+        'import json, sys, mmbackbone\n'
+        "mmbackbone.build_backbone(dict(type='ResNet', depth=50))\n"
+        "before = 'mmcv' in sys.modules\n"
+        "mmbackbone.build_backbone(dict(type='ResNetV1c', depth=18))\n"
+        "print(json.dumps([before, 'mmcv.cnn' in sys.modules]))")
+    assert loaded == [False, True]  # the deep stem is mmcv's ConvModule
+
+
+LAYER_CASES = [
+    ('norm', dict(type='BN'), 8, 1),
+    ('norm', dict(type='BN2d', eps=1e-3, momentum=0.03), 8, 2),
+    ('norm', dict(type='BN', requires_grad=False), 8, ''),
+    ('norm', dict(type='BN', affine=False, track_running_stats=False), 4, 3),
+    ('conv', None, 3, 8),
+    ('conv', dict(type='Conv2d'), 3, 8),
+    ('act', dict(type='ReLU'), None, None),
+    ('act', dict(type='ReLU', inplace=True), None, None),
+    # mmcv's 'Conv' is its own Conv2d subclass: this one loads mmcv
+    ('conv', dict(type='Conv', dilation=2), 3, 8),
+]
+
+DESCRIBE_LAYERS = f'''
+import json, sys, torch
+from mmbackbone.models.layers import act_layer, conv_layer, norm_layer
+
+
+def describe(kind, cfg, a, b):
+    torch.manual_seed(0)
+    if kind == 'norm':
+        name, layer = norm_layer(cfg, a, postfix=b)
+    elif kind == 'conv':
+        name, layer = '', conv_layer(cfg, a, b, 3, padding=1, bias=False)
+    else:
+        name, layer = '', act_layer(cfg)
+    state = {{k: v.flatten()[:5].tolist() for k, v in
+             layer.state_dict().items()}}
+    grads = [p.requires_grad for p in layer.parameters()]
+    return [name, type(layer).__module__ + '.' + type(layer).__name__,
+            repr(layer), state, grads]
+
+
+out, loaded = [], []
+for case in {LAYER_CASES!r}:
+    out.append(describe(*case))
+    loaded.append('mmcv.cnn' in sys.modules)
+print(json.dumps([out, loaded]))
+'''
+
+
+def test_layers_built_without_mmcv_equal_mmcv_builds():
+    """The torch layers built before mmcv is imported are exactly what
+    mmcv's builders give: class, name, options, weights, requires_grad."""
+    without, loaded = run_python(DESCRIBE_LAYERS)
+    assert loaded == [False] * (len(LAYER_CASES) - 1) + [True]
+    with_mmcv, loaded = run_python('import mmcv.cnn\n' + DESCRIBE_LAYERS)
+    assert all(loaded)
+    assert without == with_mmcv
+    assert without[-1][1] == 'mmcv.cnn.bricks.wrappers.Conv2d'

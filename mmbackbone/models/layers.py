@@ -3,10 +3,19 @@
 Every family builds its layers here, so ``norm_cfg=dict(type='SyncBN')``
 from a detector config works everywhere and an unknown type gets one
 clear error that lists the known names.
+
+Layers come from mmcv's builders (``mmcv.cnn``), imported on first use:
+importing mmcv costs about 0.25 s (it loads PIL and OpenCV). The plain
+torch layers mmcv registers under the default names (``Conv2d``,
+``BN``/``BN2d``, ``ReLU``; mmcv's ``Conv`` is its own wrapper class) are built directly while ``mmcv.cnn`` is not
+imported yet, with mmcv's rules (``eps`` 1e-5, ``requires_grad``, names
+``bn1``...), so ``import mmbackbone`` plus a default ResNet build does not
+import mmcv at all. Once ``mmcv.cnn`` is imported, or for any other type,
+mmcv's builders build every layer.
 """
+import sys
 from typing import Mapping, Optional, Tuple
 
-from mmcv.cnn import build_activation_layer, build_conv_layer, build_norm_layer
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -31,8 +40,8 @@ def _check_cfg(cfg, arg: str, known: Tuple[str, ...]) -> dict:
         if '.' in layer_type:
             raise ValueError(f'{arg}={cfg!r}: dotted type {layer_type!r} is '
                              f'not allowed; known types: {", ".join(known)}')
-        registered = _registered_names()
-        if layer_type not in known and layer_type not in registered:
+        if layer_type not in known and \
+                layer_type not in _registered_names():
             raise KeyError(f'{arg}={cfg!r}: unknown type {layer_type!r}.'
                            f'{closest(layer_type, known)} Known types: '
                            f'{", ".join(known)}')
@@ -71,8 +80,68 @@ def _check_values(cfg: dict, arg: str) -> None:
                          f'be a number in [0, 1] or None')
 
 
+#: The torch classes mmcv.cnn registers under these names.
+_TORCH_LAYERS = {'Conv2d': nn.Conv2d, 'BN': nn.BatchNorm2d,
+                 'BN2d': nn.BatchNorm2d, 'ReLU': nn.ReLU}
+
+
+def _torch_layer(cfg: Optional[dict]) -> Optional[type]:
+    """The torch class for ``cfg`` while mmcv.cnn is not imported (and no
+    one registered that name elsewhere), else None: use mmcv's builder."""
+    if 'mmcv.cnn' in sys.modules:
+        return None
+    layer_type = 'Conv2d' if cfg is None else cfg.get('type')
+    if not isinstance(layer_type, str) or \
+            layer_type in ROOT_MODELS.module_dict:
+        return None
+    return _TORCH_LAYERS.get(layer_type)
+
+
+def _build_norm_layer(cfg: dict, num_features: int, postfix=''):
+    cls = _torch_layer(cfg)
+    if cls is not nn.BatchNorm2d:
+        from mmcv.cnn import build_norm_layer
+        return build_norm_layer(cfg, num_features, postfix=postfix)
+    kwargs = {k: v for k, v in cfg.items()
+              if k not in ('type', 'requires_grad')}
+    kwargs.setdefault('eps', 1e-5)
+    layer = cls(num_features, **kwargs)
+    for param in layer.parameters():
+        param.requires_grad = cfg.get('requires_grad', True)
+    return f'bn{postfix}', layer
+
+
+def _build_conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
+    cls = _torch_layer(cfg)
+    if cls is not nn.Conv2d:
+        from mmcv.cnn import build_conv_layer
+        return build_conv_layer(cfg, *args, **kwargs)
+    options = {k: v for k, v in (cfg or {}).items() if k != 'type'}
+    return cls(*args, **kwargs, **options)
+
+
+def _build_activation_layer(cfg: dict) -> nn.Module:
+    cls = _torch_layer(cfg)
+    if cls is not nn.ReLU:
+        from mmcv.cnn import build_activation_layer
+        return build_activation_layer(cfg)
+    return cls(**{k: v for k, v in cfg.items() if k != 'type'})
+
+
+def conv_module(*args, **kwargs) -> nn.Module:
+    """mmcv's ``ConvModule(*args, **kwargs)`` (conv, norm, activation)."""
+    from mmcv.cnn import ConvModule
+    return ConvModule(*args, **kwargs)
+
+
+def drop_path_module(drop_prob: float) -> nn.Module:
+    """mmcv's ``DropPath(drop_prob)`` (stochastic depth per sample)."""
+    from mmcv.cnn.bricks import DropPath
+    return DropPath(drop_prob)
+
+
 def _build(builder, cfg: dict, arg: str, *args, **kwargs) -> nn.Module:
-    """Run an mmcv builder; its errors name the config argument."""
+    """Run a layer builder; its errors name the config argument."""
     try:
         return builder(cfg, *args, **kwargs)
     except (TypeError, ValueError, KeyError, AssertionError,
@@ -87,7 +156,7 @@ def _build(builder, cfg: dict, arg: str, *args, **kwargs) -> nn.Module:
 def check_norm_cfg(cfg, data: str = 'maps', arg: str = 'norm_cfg') -> None:
     """Fail early if ``cfg`` cannot normalize the family's features.
 
-    Builds the layer on the meta device and runs it on a meta input:
+    Builds a small layer and runs it on a zero input:
     feature maps ``(N, C, H, W)`` for ``data='maps'`` (so ``LN``, ``BN1d``
     and ``BN3d`` are refused for conv nets) or tokens ``(N, L, C)`` for
     ``data='tokens'`` (so ``BN`` is refused for transformers).
@@ -139,7 +208,8 @@ def norm_layer(cfg: dict, num_features: int, postfix='',
     """
     cfg = _check_cfg(cfg, arg, _NORM_NAMES)
     _check_values(cfg, arg)
-    return _build(build_norm_layer, cfg, arg, num_features, postfix=postfix)
+    return _build(_build_norm_layer, cfg, arg, num_features,
+                  postfix=postfix)
 
 
 def act_layer(cfg: Optional[dict], arg: str = 'act_cfg') -> nn.Module:
@@ -153,7 +223,7 @@ def act_layer(cfg: Optional[dict], arg: str = 'act_cfg') -> nn.Module:
         return nn.Identity()
     cfg = _check_cfg(cfg, arg, _ACT_NAMES)
     _check_values(cfg, arg)
-    return _build(build_activation_layer, cfg, arg)
+    return _build(_build_activation_layer, cfg, arg)
 
 
 def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
@@ -167,8 +237,8 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
         cfg = _check_cfg(cfg, 'conv_cfg', ('Conv2d', 'Conv', 'Conv1d',
                                            'Conv3d'))
         _check_values(cfg, 'conv_cfg')
-        return _build(build_conv_layer, cfg, 'conv_cfg', *args, **kwargs)
-    return build_conv_layer(cfg, *args, **kwargs)
+        return _build(_build_conv_layer, cfg, 'conv_cfg', *args, **kwargs)
+    return _build_conv_layer(cfg, *args, **kwargs)
 
 
 def linear_rates(max_rate: float, count: int) -> list:

@@ -19,13 +19,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint as cp
-from mmcv.cnn import ConvModule
-from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
+from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
+                      drop_path_module, norm_layer)
 from .base_backbone import BaseBackbone
 
 #: Drop-path rates at or below this build no DropPath (as mmpretrain).
@@ -33,7 +32,7 @@ _EPS = 1e-5
 
 
 def _drop_path(rate: float) -> nn.Module:
-    return DropPath(rate) if rate > _EPS else nn.Identity()
+    return drop_path_module(rate) if rate > _EPS else nn.Identity()
 
 
 # ----------------------------------------------------------------- blocks
@@ -63,9 +62,9 @@ class DarknetBottleneck(nn.Module):
                  with_cp: bool = False):
         super().__init__()
         hidden = int(out_channels / expansion)
-        self.conv1 = ConvModule(in_channels, hidden, 1, conv_cfg=conv_cfg,
+        self.conv1 = conv_module(in_channels, hidden, 1, conv_cfg=conv_cfg,
                                 norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.conv2 = ConvModule(hidden, out_channels, 3, padding=1,
+        self.conv2 = conv_module(hidden, out_channels, 3, padding=1,
                                 conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                                 act_cfg=act_cfg)
         self.add_identity = add_identity and in_channels == out_channels
@@ -215,14 +214,14 @@ class CSPStage(nn.Module):
         super().__init__()
         down_channels = out_channels if down_growth else in_channels
         if has_downsampler:
-            self.downsample_conv = ConvModule(
+            self.downsample_conv = conv_module(
                 in_channels, down_channels, 3, stride=2, padding=1,
                 groups=block_fn.down_groups, conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg, act_cfg=act_cfg)
         else:
             self.downsample_conv = nn.Identity()
         exp_channels = int(down_channels * expand_ratio)
-        self.expand_conv = ConvModule(
+        self.expand_conv = conv_module(
             down_channels, exp_channels, 1, conv_cfg=conv_cfg,
             norm_cfg=norm_cfg,
             act_cfg=act_cfg if block_fn.expand_act else None)
@@ -235,10 +234,10 @@ class CSPStage(nn.Module):
                      with_cp=with_cp, **dict(block_args or {}))
             for i in range(num_blocks)
         ])
-        self.atfer_blocks_conv = ConvModule(
+        self.atfer_blocks_conv = conv_module(
             block_channels, block_channels, 1, conv_cfg=conv_cfg,
             norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.final_conv = ConvModule(
+        self.final_conv = conv_module(
             2 * block_channels, out_channels, 1, conv_cfg=conv_cfg,
             norm_cfg=norm_cfg, act_cfg=act_cfg)
 
@@ -552,16 +551,16 @@ class CSPNet(BaseBackbone):
         kwargs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
                       act_cfg=self.act_cfg)
         if self.arch.stem == 'darknet':
-            return ConvModule(in_channels, width, 3, padding=1, **kwargs)
+            return conv_module(in_channels, width, 3, padding=1, **kwargs)
         if self.deep_stem:
             half = width // 2
             return nn.Sequential(
-                ConvModule(in_channels, half, 3, stride=2, padding=1,
+                conv_module(in_channels, half, 3, stride=2, padding=1,
                            **kwargs),
-                ConvModule(half, half, 3, padding=1, **kwargs),
-                ConvModule(half, width, 3, padding=1, **kwargs))
+                conv_module(half, half, 3, padding=1, **kwargs),
+                conv_module(half, width, 3, padding=1, **kwargs))
         return nn.Sequential(
-            ConvModule(in_channels, width, 7, stride=2, padding=3, **kwargs),
+            conv_module(in_channels, width, 7, stride=2, padding=3, **kwargs),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
 
     @classmethod

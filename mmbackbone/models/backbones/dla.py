@@ -21,13 +21,13 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
+from ..layers import (act_layer, check_norm_cfg, conv_layer,
+                      drop_path_module, norm_layer)
 from .base_backbone import BaseBackbone
 
 #: Strides of level0 .. level5 (timm asserts output_stride=32 as well).
@@ -178,7 +178,7 @@ class DLABasicBlock(nn.Module):
                                 padding=1, bias=False)
         self.bn2 = norm_layer(norm_cfg, out_channels)[1]
         self.relu = act_layer(act_cfg)
-        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                           else nn.Identity())
 
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
@@ -206,7 +206,7 @@ class DLABottleneck(nn.Module):
         self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
         self.bn3 = norm_layer(norm_cfg, out_channels)[1]
         self.relu = act_layer(act_cfg)
-        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                           else nn.Identity())
 
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:

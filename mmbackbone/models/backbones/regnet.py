@@ -24,14 +24,13 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch.utils.checkpoint as cp
-from mmcv.cnn import ConvModule
-from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
+from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
+                      drop_path_module, norm_layer)
 from .base_backbone import BaseBackbone
 from .resnet import ResLayer
 
@@ -219,10 +218,10 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, squeeze_channels: int,
                  conv_cfg: Optional[dict] = None):
         super().__init__()
-        self.conv1 = ConvModule(channels, squeeze_channels, 1, bias=True,
+        self.conv1 = conv_module(channels, squeeze_channels, 1, bias=True,
                                 conv_cfg=conv_cfg,
                                 act_cfg=dict(type='ReLU'))
-        self.conv2 = ConvModule(squeeze_channels, channels, 1, bias=True,
+        self.conv2 = conv_module(squeeze_channels, channels, 1, bias=True,
                                 conv_cfg=conv_cfg,
                                 act_cfg=dict(type='Sigmoid'))
 
@@ -273,7 +272,7 @@ class RegNetBottleneck(nn.Module):
         self.add_module(self.norm3_name, norm3)
         self.relu = act_layer(dict(type='ReLU', inplace=True))
         self.downsample = downsample
-        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                           else nn.Identity())
 
     @property

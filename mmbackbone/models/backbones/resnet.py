@@ -9,14 +9,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.utils.checkpoint as cp
-from mmcv.cnn import ConvModule
-from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import (act_layer, check_norm_cfg, conv_layer, linear_rates,
-                      norm_layer)
+from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
+                      drop_path_module, linear_rates, norm_layer)
 from .base_backbone import BaseBackbone
 
 
@@ -51,7 +49,7 @@ class BasicBlock(nn.Module):
         self.add_module(self.norm2_name, norm2)
         self.relu = act_layer(act_cfg)
         self.downsample = downsample
-        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                           else nn.Identity())
 
     @property
@@ -113,7 +111,7 @@ class Bottleneck(nn.Module):
         self.add_module(self.norm3_name, norm3)
         self.relu = act_layer(act_cfg)
         self.downsample = downsample
-        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                           else nn.Identity())
 
     @property
@@ -377,7 +375,7 @@ class ResNet(BaseBackbone):
         if self.deep_stem:
             half = stem_channels // 2
             self.stem = nn.Sequential(*[
-                ConvModule(c_in, c_out, 3, stride=s, padding=1,
+                conv_module(c_in, c_out, 3, stride=s, padding=1,
                            conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
                            inplace=True)
                 for c_in, c_out, s in ((in_channels, half, 2),

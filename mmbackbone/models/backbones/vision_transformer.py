@@ -13,13 +13,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import act_layer, check_norm_cfg, conv_layer, norm_layer
+from ..layers import (act_layer, check_norm_cfg, conv_layer,
+                      drop_path_module, norm_layer)
 from .base_backbone import BaseBackbone
 
 IntPair = Union[int, Tuple[int, int]]
@@ -160,7 +160,7 @@ class MultiheadAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.gamma1 = (LayerScale(embed_dims, layer_scale_init_value)
                        if layer_scale_init_value > 0 else nn.Identity())
-        self.out_drop = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.out_drop = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                          else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -199,7 +199,7 @@ class FFN(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.gamma2 = (LayerScale(embed_dims, layer_scale_init_value)
                        if layer_scale_init_value > 0 else nn.Identity())
-        self.dropout_layer = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.dropout_layer = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                               else nn.Identity())
 
     def forward(self, x: Tensor, identity: Tensor) -> Tensor:
@@ -223,7 +223,7 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden, embed_dims)
         self.gamma2 = (LayerScale(embed_dims, layer_scale_init_value)
                        if layer_scale_init_value > 0 else nn.Identity())
-        self.dropout_layer = (DropPath(drop_path_rate) if drop_path_rate > 0
+        self.dropout_layer = (drop_path_module(drop_path_rate) if drop_path_rate > 0
                               else nn.Identity())
 
     def forward(self, x: Tensor, identity: Tensor) -> Tensor:
