@@ -25,8 +25,10 @@ How it measures:
 
 * Time: the models run interleaved in one process: every repetition runs
   each model once, in alternating order, so drifts of the machine hit all
-  of them alike. Reported: the median over ``--repeats`` after
-  ``--warmup`` runs. ``infer`` runs ``model.eval()`` under
+  of them alike. Reported: the median time over ``--repeats`` after
+  ``--warmup`` runs, and each ratio as the median of the per-repetition
+  ratios (a paired estimate: the two runs of a pair are adjacent in time,
+  so a slow spell of a shared machine cancels out). ``infer`` runs ``model.eval()`` under
   ``torch.inference_mode()``; ``train`` runs ``model.train()``, forward,
   ``sum(mean(outputs)).backward()`` (gradients reset outside the timing).
 * Same weights: timm's model is built with random weights, saved to a
@@ -288,6 +290,11 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
         times = timed_interleaved(models, x, train, args.repeats,
                                   args.warmup)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+        def paired(a: str, b: str) -> float:
+            return round(statistics.median(
+                x / y for x, y in zip(times[a], times[b])), 3)
+
         for impl, _ in models:
             row = Row(name, mode, impl, round(med[impl], 2),
                       times_ms=[round(t * 1e3, 2) for t in times[impl]])
@@ -295,10 +302,10 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
                 row.weights = weights
             elif impl == 'ours-opt':
                 if 'timm' in med:
-                    row.ratio = round(med[impl] / med['timm'], 3)
+                    row.ratio = paired(impl, 'timm')
                     row.ratio_of = 'ours-opt/timm'
             else:
-                row.ratio = round(med['ours'] / med[impl], 3)
+                row.ratio = paired('ours', impl)
                 row.ratio_of = f'ours/{impl}'
                 row.max_diff = diffs.get(impl)
             rows.append(row)
@@ -562,7 +569,8 @@ def main(argv=None) -> Dict[str, Any]:
                                    p.sized)
         print(f'\nbatch {args.batch}, {args.size}x{args.size}, '
               f'{args.threads} threads, median of {args.repeats} '
-              f'(after {args.warmup} warm-up), interleaved')
+              f'(after {args.warmup} warm-up), interleaved; ratio = median '
+              f'of the per-repetition ratios')
         print_rows(rows)
         results['rows'] = [asdict(r) for r in rows]
     if args.with_cp:
