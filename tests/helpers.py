@@ -1,9 +1,25 @@
-"""Shared test helpers: checkpoints made from peer models, log capture."""
+"""Shared test helpers: checkpoints made from peer models, log capture,
+one intra-op thread for small models."""
 import contextlib
 import logging
 
+import pytest
 import torch
 from mmengine.logging import MMLogger
+
+
+@pytest.fixture
+def one_thread():
+    """Small models: one intra-op thread avoids oversubscribing the cores
+    when tests run in parallel (pytest -n) or next to other jobs.
+
+    A test module opts in with ``pytestmark =
+    pytest.mark.usefixtures('one_thread')`` after importing it.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def save_state_dict(state_dict, path, fmt=None):

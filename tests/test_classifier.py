@@ -13,19 +13,13 @@ from mmbackbone.models import (ClsDataPreprocessor, CosineSimilarityHead,
                                ImageClassifier, LinearClsHead, MLPNeck)
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+from helpers import one_thread  # noqa: F401  (fixture)
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread avoids oversubscribing the cores
-    when tests run in parallel (pytest -n) or next to other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def r18_classifier(**kwargs):

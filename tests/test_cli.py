@@ -14,18 +14,12 @@ from mmbackbone import build_backbone
 from mmbackbone.cli import (SUBCOMMANDS, count_flops, main, parse_value,
                             register_subcommand)
 from mmbackbone.registry import MODELS
+from helpers import one_thread  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread avoids oversubscribing the cores
-    when tests run in parallel (pytest -n) or next to other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def run(capsys, *argv):

@@ -17,6 +17,7 @@ from mmbackbone.cli import main as cli_main
 from mmbackbone.models import ImageClassifier
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+from helpers import one_thread  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).parents[1]
 DOC = ROOT / 'docs' / 'custom_backbone.md'
@@ -26,14 +27,7 @@ CUSTOM_NAMES = ('LeNet5', 'TinyConvNet', 'wide_lenet5', 'seed_lenet5',
                 'SeedLeNet5')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread avoids oversubscribing the cores
-    when tests run in parallel (pytest -n) or next to other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(autouse=True)

@@ -12,19 +12,13 @@ import mmbackbone.models
 from mmbackbone import build_backbone, list_backbones
 from mmbackbone.models import BaseBackbone, ImageClassifier
 from mmbackbone.registry import MODELS
+from helpers import one_thread  # noqa: F401  (fixture)
 
 HYDRA_CONFIG = (Path(__file__).parents[1] / 'configs' / 'hydra' /
                 'resnet18_classifier.yaml')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread avoids oversubscribing the cores
-    when tests run in parallel (pytest -n) or next to other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _torchscript_file(tmp_path):

@@ -13,16 +13,10 @@ from mmbackbone.models import (CosineSimilarityHead, CrossEntropyLoss,
                                GlobalAveragePooling, LinearClsHead, MLPNeck)
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+from helpers import one_thread  # noqa: F401  (fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one intra-op thread avoids oversubscribing the cores
-    when tests run in parallel (pytest -n) or next to other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def samples(labels):

@@ -11,20 +11,9 @@ from mmbackbone import build_backbone
 from mmbackbone.checkpoint import CheckpointError
 from mmbackbone.models import TIMMBackbone
 from mmbackbone.models.backbones.base_backbone import NORM_TYPES
+from helpers import randomize_norm_stats
 
 VIT = dict(model_name='vit_tiny_patch16_224', img_size=64)
-
-
-def randomize_norm_stats(model):
-    """Give BatchNorm buffers non-trivial values so eval outputs differ."""
-    gen = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(
-                torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-            module.running_var.copy_(
-                torch.rand(module.running_var.shape, generator=gen) + 0.5)
-    return model
 
 
 @pytest.fixture(scope='module')

@@ -13,6 +13,7 @@ from mmbackbone import build_backbone
 from mmbackbone.models import TIMMBackbone, TorchScriptBackbone
 from mmbackbone.models.backbones.torchscript_backbone import (
     quiet_jit_deprecation)
+from helpers import randomize_norm_stats
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / \
     'build_torchscript_backbone.py'
@@ -23,18 +24,6 @@ def load_tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def randomize_norm_stats(model):
-    gen = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(
-                torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-            module.running_var.copy_(
-                torch.rand(module.running_var.shape, generator=gen) + 0.5)
-            module.weight.data.uniform_(0.5, 1.5, generator=gen)
-    return model
 
 
 def save_script(module, path):
