@@ -16,6 +16,7 @@ mmcv's builders build every layer.
 import sys
 from typing import Mapping, Optional, Tuple
 
+import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -239,6 +240,23 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
         _check_values(cfg, 'conv_cfg')
         return _build(_build_conv_layer, cfg, 'conv_cfg', *args, **kwargs)
     return _build_conv_layer(cfg, *args, **kwargs)
+
+
+def run_checkpointed(fn, *args, with_cp: bool):
+    """``fn(*args)``; with ``with_cp`` and a first input that needs grad,
+    ``fn``'s activations are recomputed in backward instead of stored
+    (``torch.utils.checkpoint``, non-reentrant).
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 3, requires_grad=True)
+        >>> run_checkpointed(torch.sigmoid, x, with_cp=True).sum().backward()
+        >>> x.grad.shape
+        torch.Size([2, 3])
+    """
+    if with_cp and args[0].requires_grad:
+        return cp.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def linear_rates(max_rate: float, count: int) -> list:

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, norm_layer)
+                      drop_path_module, norm_layer, run_checkpointed)
 from .base_backbone import BaseBackbone
 
 #: Drop-path rates at or below this build no DropPath (as mmpretrain).
@@ -76,9 +75,7 @@ class DarknetBottleneck(nn.Module):
         return out + x if self.add_identity else out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return run_checkpointed(self._forward, x, with_cp=self.with_cp)
 
 
 class ResNetBottleneck(nn.Module):
@@ -144,13 +141,12 @@ class ResNetBottleneck(nn.Module):
         out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
         out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
         out = getattr(self, self.norm3_name)(self.conv3(out))
-        return self.drop_path(out) + x
+        out = self.drop_path(out)
+        out += x  # in place: one feature-map allocation less
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
+        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
         return self.relu(out)
 
 

@@ -20,14 +20,13 @@ from dataclasses import dataclass, fields
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import (act_layer, check_norm_cfg, conv_layer,
-                      drop_path_module, norm_layer)
+from ..layers import (act_layer, check_norm_cfg, conv_layer, drop_path_module,
+                      norm_layer, run_checkpointed)
 from .base_backbone import BaseBackbone
 
 #: Strides of level0 .. level5 (timm asserts output_stride=32 as well).
@@ -292,9 +291,7 @@ class DLATree(nn.Module):
             self.root = None
 
     def _block(self, block: nn.Module, x: Tensor, shortcut: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(block, x, shortcut, use_reentrant=False)
-        return block(x, shortcut)
+        return run_checkpointed(block, x, shortcut, with_cp=self.with_cp)
 
     def forward(self, x: Tensor, children: Sequence[Tensor] = ()) -> Tensor:
         children = list(children)

@@ -23,14 +23,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
 from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, norm_layer)
+                      drop_path_module, norm_layer, run_checkpointed)
 from .base_backbone import BaseBackbone
 from .resnet import ResLayer
 
@@ -286,13 +285,12 @@ class RegNetBottleneck(nn.Module):
             out = self.se_layer(out)
         out = getattr(self, self.norm3_name)(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.drop_path(out) + identity
+        out = self.drop_path(out)
+        out += identity  # in place: one feature-map allocation less
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
+        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
         return self.relu(out)
 
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, linear_rates, norm_layer)
+                      drop_path_module, linear_rates, norm_layer,
+                      run_checkpointed)
 from .base_backbone import BaseBackbone
 
 
@@ -65,10 +65,7 @@ class BasicBlock(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
+        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
         return self.relu(out)
 
 
@@ -128,10 +125,7 @@ class Bottleneck(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
+        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
         return self.relu(out)
 
 

@@ -12,14 +12,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import (act_layer, check_norm_cfg, conv_layer,
-                      drop_path_module, norm_layer)
+from ..layers import (act_layer, check_norm_cfg, conv_layer, drop_path_module,
+                      norm_layer, run_checkpointed)
 from .base_backbone import BaseBackbone
 
 IntPair = Union[int, Tuple[int, int]]
@@ -704,9 +703,7 @@ class VisionTransformer(BaseBackbone):
 
     # ------------------------------------------------------------ forward
     def _run_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(layer, x, use_reentrant=False)
-        return layer(x)
+        return run_checkpointed(layer, x, with_cp=self.with_cp)
 
     def _format_output(self, x: Tensor, hw: Tuple[int, int]):
         if self.out_type == 'raw':
