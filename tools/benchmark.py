@@ -329,18 +329,28 @@ def _proc_status(key: str) -> int:
         return int(re.search(rf'{key}:\s+(\d+)', f.read()).group(1))
 
 
-def memory_child(spec: dict) -> Optional[float]:
-    """Peak RSS growth (MiB) of one (model, mode) in a fresh process."""
+def run_child(spec: dict) -> Dict[str, Any]:
+    """Run one (model, mode) in a fresh process: ``peak_mb`` (peak RSS
+    growth, MiB) and ``step_ms`` (fastest step), or ``error``."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536',
                OMP_NUM_THREADS=str(spec['threads']))
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), '--memory-child',
          json.dumps(spec)], capture_output=True, text=True, env=env)
-    match = re.search(r'^PEAK_MB (\S+)$', proc.stdout, re.M)
-    if proc.returncode or not match:
-        print(f'memory child failed for {spec}: {proc.stderr[-2000:]}')
+    peak = re.search(r'^PEAK_MB (\S+)$', proc.stdout, re.M)
+    step = re.search(r'^STEP_MS (\S+)$', proc.stdout, re.M)
+    if proc.returncode or not (peak and step):
+        return dict(error=proc.stderr[-2000:])
+    return dict(peak_mb=float(peak.group(1)), step_ms=float(step.group(1)))
+
+
+def memory_child(spec: dict) -> Optional[float]:
+    """Peak RSS growth (MiB) of one (model, mode) in a fresh process."""
+    result = run_child(spec)
+    if 'error' in result:
+        print(f"memory child failed for {spec}: {result['error']}")
         return None
-    return float(match.group(1))
+    return result['peak_mb']
 
 
 def run_memory_child(spec: dict) -> None:
@@ -392,19 +402,13 @@ def benchmark_with_cp(args) -> List[dict]:
                         batch=args.cp_batch, size=args.size,
                         threads=args.threads,
                         overrides=dict(with_cp=with_cp))
-            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__),
-                 '--memory-child', json.dumps(spec)],
-                capture_output=True, text=True, env=env)
-            peak = re.search(r'^PEAK_MB (\S+)$', proc.stdout, re.M)
-            ms = re.search(r'^STEP_MS (\S+)$', proc.stdout, re.M)
-            if proc.returncode or not peak:
-                entry[f'error_cp_{with_cp}'] = proc.stderr[-2000:]
+            result = run_child(spec)
+            if 'error' in result:
+                entry[f'error_cp_{with_cp}'] = result['error']
                 continue
             key = 'with_cp' if with_cp else 'without_cp'
-            entry[f'{key}_peak_mb'] = float(peak.group(1))
-            entry[f'{key}_step_ms'] = float(ms.group(1))
+            entry[f'{key}_peak_mb'] = result['peak_mb']
+            entry[f'{key}_step_ms'] = result['step_ms']
         if 'with_cp_peak_mb' in entry and 'without_cp_peak_mb' in entry:
             entry['memory_cut'] = round(
                 1 - entry['with_cp_peak_mb'] / entry['without_cp_peak_mb'],
