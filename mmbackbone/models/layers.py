@@ -27,6 +27,23 @@ _NORM_NAMES = ('BN', 'BN1d', 'BN2d', 'BN3d', 'SyncBN', 'GN', 'LN', 'IN',
 _ACT_NAMES = ('ReLU', 'LeakyReLU', 'PReLU', 'RReLU', 'ReLU6', 'ELU',
               'Sigmoid', 'Tanh', 'GELU', 'SiLU', 'Swish', 'HSigmoid',
               'HSwish', 'Mish', 'Clamp', 'Clip')
+#: torch / timm spellings users write, and the registered name they mean.
+_SPELLINGS = {
+    'batchnorm': 'BN', 'batchnorm2d': 'BN2d', 'batchnorm1d': 'BN1d',
+    'batchnorm3d': 'BN3d', 'syncbatchnorm': 'SyncBN', 'groupnorm': 'GN',
+    'layernorm': 'LN', 'layernorm2d': 'LN', 'instancenorm': 'IN',
+    'instancenorm1d': 'IN1d', 'instancenorm2d': 'IN2d',
+    'instancenorm3d': 'IN3d', 'hardswish': 'HSwish',
+    'hardsigmoid': 'HSigmoid', 'relu': 'ReLU', 'gelu': 'GELU',
+    'silu': 'SiLU', 'swish': 'Swish', 'mish': 'Mish',
+}
+
+
+def _did_you_mean(layer_type: str, known: Tuple[str, ...]) -> str:
+    meant = _SPELLINGS.get(layer_type.lower().replace('_', ''))
+    if meant in known:
+        return f' Did you mean {meant!r}?'
+    return closest(layer_type, known)
 
 
 def _check_cfg(cfg, arg: str, known: Tuple[str, ...]) -> dict:
@@ -44,7 +61,7 @@ def _check_cfg(cfg, arg: str, known: Tuple[str, ...]) -> dict:
         if layer_type not in known and \
                 layer_type not in _registered_names():
             raise KeyError(f'{arg}={cfg!r}: unknown type {layer_type!r}.'
-                           f'{closest(layer_type, known)} Known types: '
+                           f'{_did_you_mean(layer_type, known)} Known types: '
                            f'{", ".join(known)}')
     return cfg
 
