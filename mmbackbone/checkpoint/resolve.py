@@ -1,21 +1,21 @@
 """Turn a ``checkpoint`` value into a local file path.
 
-Accepted: a local path; an ``http(s)://`` or ``file://`` URL (downloaded
-once into the torch hub cache); mmengine's ``torchvision://``,
+Accepted: a local path; an ``http(s)://`` URL (downloaded once into the
+torch hub cache, under a key no other URL shares, kept only when complete
+and checked on every load); a ``file://`` URL (read in place, so the file
+loaded is the file as it is now); mmengine's ``torchvision://``,
 ``open-mmlab://`` and ``mmcls://`` names; ``mmbackbone://NAME`` entries of
 the weights index.
 """
-import hashlib
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Optional, Union
 
 from mmbackbone.utils import closest
+
+from .download import cache_dir
+from .download import cached_download as _cached_url
+from .download import local_path, sha256_of, verify  # noqa: F401
 
 SCHEMES = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
            'mmbackbone://', 'http://', 'https://', 'file://')
@@ -23,70 +23,21 @@ SCHEMES = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
 
 def hub_checkpoint_dir() -> Path:
     """Where downloaded checkpoints are cached (``$TORCH_HOME/hub/checkpoints``)."""
-    import torch.hub
-    return Path(torch.hub.get_dir()) / 'checkpoints'
-
-
-def sha256_of(path: Union[str, Path]) -> str:
-    """The SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_hash(path: Path, sha256: Optional[str]) -> None:
-    """Raise if ``path`` does not start with the expected SHA-256 (prefix)."""
-    if not sha256:
-        return
-    actual = sha256_of(path)
-    if not actual.startswith(sha256.lower()):
-        raise ValueError(f'checkpoint {path} has SHA-256 {actual}, expected '
-                         f'{sha256}; the file is corrupt or not the one '
-                         f'published. Delete it and download again')
-
-
-def download(url: str, dst: Path, sha256: Optional[str] = None,
-             progress: bool = True) -> Path:
-    """Download ``url`` to ``dst`` (atomically), checking the hash.
-
-    Raises:
-        FileNotFoundError: the URL cannot be reached (offline, 404, ...);
-            the message names the URL and where to put the file by hand.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix='.partial')
-    os.close(fd)
-    try:
-        if url.startswith('file://'):
-            src = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
-            shutil.copyfile(src, tmp)
-        else:
-            import torch.hub
-            torch.hub.download_url_to_file(url, tmp, progress=progress)
-        check_hash(Path(tmp), sha256)
-        os.replace(tmp, dst)
-    except (urllib.error.URLError, OSError, ConnectionError) as err:
-        raise FileNotFoundError(
-            f'cannot download checkpoint {url} ({err}). Download it on a '
-            f'machine with network access and pass the local path as '
-            f'checkpoint=..., or place it at {dst}') from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+    return cache_dir()
 
 
 def cached_download(url: str, sha256: Optional[str] = None,
-                    filename: Optional[str] = None) -> Path:
-    """The cached copy of ``url``, downloading it on first use."""
-    name = filename or Path(urllib.parse.urlparse(url).path).name
-    dst = hub_checkpoint_dir() / name
-    if dst.is_file():
-        check_hash(dst, sha256)
-        return dst
-    return download(url, dst, sha256)
+                    sha256_prefix: Optional[str] = None,
+                    progress: Optional[bool] = None) -> Path:
+    """The local file of a URL: ``file://`` in place, ``http(s)://`` through
+    the verified download cache (see :mod:`mmbackbone.checkpoint.download`)."""
+    if url.startswith('file://'):
+        path = local_path(url)
+        if sha256 or sha256_prefix:
+            verify(path, url=url, sha256=sha256, sha256_prefix=sha256_prefix)
+        return path
+    return _cached_url(url, sha256=sha256, sha256_prefix=sha256_prefix,
+                       progress=progress)
 
 
 def _mmengine_url(checkpoint: str) -> str:
@@ -124,6 +75,7 @@ def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
         raise TypeError(f'checkpoint={checkpoint!r} must be a file path, a '
                         f'URL or one of the schemes {", ".join(SCHEMES)}')
     if checkpoint.startswith('mmbackbone://'):
+        # Imported here: the zoo imports .download, which loads this package.
         from mmbackbone.zoo import resolve_weights
         return resolve_weights(checkpoint[len('mmbackbone://'):])
     if checkpoint.startswith(('http://', 'https://', 'file://')):
