@@ -1,4 +1,5 @@
 """Datasets, transforms and the Accuracy metric of the training side."""
+import sys
 import numpy as np
 import pytest
 import torch
@@ -257,3 +258,11 @@ def test_accuracy_errors():
         Accuracy().process({}, [dict(pred_score=torch.rand(3))])
     with pytest.raises(KeyError, match='needs pred_score'):
         Accuracy().process({}, [dict(gt_label=torch.tensor([0]))])
+
+
+def test_missing_scikit_learn_is_named(monkeypatch):
+    from mmbackbone.datasets import digits
+    monkeypatch.setitem(sys.modules, 'sklearn.datasets', None)
+    with pytest.raises(ImportError, match='DigitsDataset needs scikit-learn'
+                       '.*pip install scikit-learn'):
+        digits.load_sklearn_digits()

@@ -24,11 +24,23 @@ SPLIT_SEED = 0
 SPLITS = ('train', 'val')
 
 
+def load_sklearn_digits():
+    """scikit-learn's ``load_digits()`` bunch, or an error saying what to
+    install (scikit-learn is a dependency of mmbackbone; a trimmed
+    environment may lack it)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(
+            f'DigitsDataset needs scikit-learn, whose wheel ships the digits '
+            f'images ({err}). Install it: pip install scikit-learn') from err
+    return load_digits()
+
+
 @functools.lru_cache(maxsize=4)
 def _digits(size: Tuple[int, int]) -> Tuple[torch.Tensor, np.ndarray]:
     """All images as uint8 ``(N, 3, H, W)`` and their labels."""
-    from sklearn.datasets import load_digits
-    data = load_digits()
+    data = load_sklearn_digits()
     images = torch.from_numpy(data.images.astype(np.float32) * (255 / 16))
     images = images[:, None].round().clamp(0, 255).to(torch.uint8)
     if tuple(images.shape[-2:]) != size:
@@ -39,8 +51,7 @@ def _digits(size: Tuple[int, int]) -> Tuple[torch.Tensor, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def split_positions() -> dict:
     """``{'train': positions, 'val': positions}``: the fixed split."""
-    from sklearn.datasets import load_digits
-    labels = load_digits().target
+    labels = load_sklearn_digits().target
     rng = np.random.RandomState(SPLIT_SEED)
     train, val = [], []
     for cls in np.unique(labels):
