@@ -1,5 +1,6 @@
 """Datasets, transforms and the Accuracy metric of the training side."""
 import sys
+
 import numpy as np
 import pytest
 import torch
