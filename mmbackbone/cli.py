@@ -405,23 +405,36 @@ def _setup_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--allow-missing', action='store_true',
                         help='write even if model keys are missing from '
                         'the file')
+    parser.add_argument('--allow-python-bases', action='store_true',
+                        help='let a YAML/JSON --config inherit from .py '
+                        'files (which are then run); off by default')
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress bar')
 
 
-def _backbone_from_config(path: str) -> Tuple[Callable, str, dict]:
-    from mmengine.config import Config
-    cfg = Config.fromfile(path).to_dict()
+def _backbone_from_config(path: str, allow_python_bases: bool = False
+                          ) -> Tuple[Callable, str, dict]:
+    """Read a config with :func:`mmbackbone.engine.load_config` (YAML/JSON
+    as data; ``.py`` bases of those only with ``allow_python_bases``) and
+    return its backbone's ``(class, type name, kwargs)``."""
+    from mmbackbone.apis import check_config_types
+    from mmbackbone.engine import load_config
+    cfg = load_config(path, allow_python_bases=allow_python_bases).to_dict()
     for where in (('model', 'backbone'), ('backbone', ), ('model', )):
         node: Any = cfg
         for key in where:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and 'type' in node and (
                 where != ('model', ) or node['type'] != 'ImageClassifier'):
+            check_config_types(node, f'config {path}: {".".join(where)}')
             kwargs = dict(node)
             type_name = kwargs.pop('type')
             kwargs.pop('init_cfg', None)  # no pretrained load while converting
-            obj, type_name, base = resolve_backbone(type_name)
+            try:
+                obj, type_name, base = resolve_backbone(type_name)
+            except KeyError as err:
+                raise KeyError(f'config {path}: {".".join(where)}.type: '
+                               f'{err.args[0]}') from None
             return obj, type_name, {**base, **kwargs}
     raise KeyError(f'config {path} has no model.backbone, backbone or model '
                    f'entry with a "type"; top-level keys: {sorted(cfg)}')
@@ -530,7 +543,8 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
         if extra:
             raise ValueError(f'--ARG options {extra} apply to --type only; '
                              f'set them in the config {args.config}')
-        obj, type_name, kwargs = _backbone_from_config(args.config)
+        obj, type_name, kwargs = _backbone_from_config(
+            args.config, getattr(args, 'allow_python_bases', False))
     else:
         obj, type_name, kwargs = resolve_backbone(args.type)
         kwargs.update(parse_constructor_args(

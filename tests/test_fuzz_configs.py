@@ -418,3 +418,257 @@ def test_directed_cases(cfg, error, match):
     with torch.device('meta'), pytest.raises(error, match=match):
         build_backbone(cfg)
 
+
+
+# ------------------------------------------------ _base_ chains, all readers
+# Random chains of 1-4 config files (yaml/yml/json/py) with hostile
+# payloads go through load_config and through every tool that reads a
+# config file. A payload that ran would write a marker file: data files
+# write DATA_MARKER (python tags, custom_imports of a module that writes
+# it on import) -- never allowed; a .py file i writes code_<i> -- allowed
+# only for .py files a loader may run (reached from a .py top through .py
+# files, or through a data file with allow_python_bases=True). Every
+# outcome is a load or one of our named errors naming the example's files.
+# MAX_VALUES is lowered while fuzzing so alias bombs cost milliseconds.
+
+CHAIN_EXAMPLES = int(os.environ.get('FUZZ_CHAIN_EXAMPLES', 600))
+CHAIN_TMP = TMP / 'chains'
+CHAIN_STATS = Counter()
+DATA_MARKER = CHAIN_TMP / 'DATA_MARKER'
+MARKER_MODULE = 'fuzz_cfg_data_marker'
+DATA_PAYLOADS = ['clean', 'clean', 'clean', 'model', 'model', 'tag',
+                 'custom_imports', 'deep', 'aliases', 'cycle', 'not_mapping',
+                 'invalid', 'reserved', 'dotted_type', 'bad_base', 'scope',
+                 'bigint']
+PY_PAYLOADS = ['clean', 'model', 'writes', 'writes', 'dotted_type']
+LINKS = ['next', 'next', 'next', 'two', 'missing', 'loop', 'pkg', 'txt']
+
+
+def _chain_readers():
+    import importlib.util
+
+    from mmbackbone.cli import _backbone_from_config
+    from mmbackbone.engine import load_config
+
+    def tool(name):
+        spec = importlib.util.spec_from_file_location(
+            f'fuzz_{name}', Path(__file__).resolve().parents[1] / 'tools'
+            / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return {
+        'load_config': lambda p, allow: load_config(
+            p, allow_python_bases=allow),
+        'cli_convert': _backbone_from_config,
+        'benchmark': tool('benchmark').parse_config,
+        'torchscript': tool('build_torchscript_backbone')
+        ._backbone_cfg_from_file,
+    }
+
+
+@st.composite
+def config_chains(draw):
+    n = draw(st.integers(1, 4))
+    files = []
+    for i in range(n):
+        suffix = draw(st.sampled_from(['.yaml', '.yml', '.json', '.py']))
+        payload = draw(st.sampled_from(
+            PY_PAYLOADS if suffix == '.py' else DATA_PAYLOADS))
+        link = draw(st.sampled_from(LINKS)) if i == n - 1 else 'next'
+        if link == 'pkg' and suffix == '.py':
+            link = 'missing'  # mmengine resolves packages for .py configs
+        if link == 'loop':
+            target = draw(st.integers(0, i))
+        else:
+            target = None
+        files.append(dict(suffix=suffix, payload=payload, link=link,
+                          target=target,
+                          depth=draw(st.sampled_from([101, 300, 5000]))))
+    if draw(st.booleans()) and files[-1]['link'] in ('missing', 'txt',
+                                                     'pkg', 'loop'):
+        files[-1]['link'] = 'none'
+    return files, draw(st.sampled_from([False, False, True]))
+
+
+def _name(i, spec):
+    return f'f{i}{spec["suffix"]}'
+
+
+def _bases(i, spec, files):
+    link = spec['link']
+    if i < len(files) - 1 or link == 'next':
+        if i + 1 < len(files):
+            return [_name(i + 1, files[i + 1])]
+        return []
+    if link == 'loop':
+        return [_name(spec['target'], files[spec['target']])]
+    return {'none': [], 'two': ['extra.yaml', 'extra.json'],
+            'missing': ['missing.yaml'], 'pkg': ['mmdet::retinanet.py'],
+            'txt': ['notes.txt']}[link]
+
+
+def _data_text(i, spec, bases, suffix):
+    payload = spec['payload']
+    body = {f'k{i}': {'a': i, 'b': [1, 2.5, 'x', None]}}
+    if payload == 'model':
+        body['model'] = {'type': 'ImageClassifier',
+                         'backbone': {'type': 'ResNet', 'depth': 18}}
+    elif payload == 'dotted_type':
+        body['model'] = {'type': 'ResNet', 'depth': 18,
+                         'norm_cfg': {'type': 'os.system'}}
+    elif payload == 'custom_imports':
+        body['custom_imports'] = {'imports': [MARKER_MODULE]}
+    elif payload == 'reserved':
+        body['filename'] = 'x'
+    elif payload == 'scope':
+        body['backbone'] = {'type': 'ResNet', '_scope_': 'os'}
+    elif payload == 'bad_base':
+        bases = 5
+    if bases:
+        body['_base_'] = bases
+    if suffix == '.json':
+        text = json.dumps(body)
+    else:
+        import yaml
+        text = yaml.safe_dump(body)
+    depth = spec['depth']
+    marker = str(DATA_MARKER)
+    if payload == 'tag':
+        if suffix == '.json':
+            text = text[:-1] + f', "t": "!!python/object/apply:os.system"}}'
+        else:
+            text += (f'tag: !!python/object/apply:builtins.open '
+                     f'["{marker}", "w"]\n'
+                     f'mod: !!python/module:{MARKER_MODULE}\n')
+    elif payload == 'deep':
+        nested = '[' * depth + ']' * depth
+        text = (text[:-1] + f', "deep": {nested}}}' if suffix == '.json'
+                else text + f'deep: {nested}\n')
+    elif payload == 'aliases' and suffix != '.json':
+        text += 'a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n' + ''.join(
+            f'a{j}: &a{j} [' + ', '.join([f'*a{j - 1}'] * 10) + ']\n'
+            for j in range(1, 7))
+    elif payload == 'cycle' and suffix != '.json':
+        text += 'cyc: &c [1, *c]\n'
+    elif payload == 'not_mapping':
+        text = '[1, 2, 3]\n'
+    elif payload == 'invalid':
+        text = text[:len(text) // 2] + ('{[' if suffix == '.json'
+                                         else '\n  - : [\n')
+    elif payload == 'bigint':
+        text = (text[:-1] + ', "n": ' + '9' * 5000 + '}' if suffix == '.json'
+                else text + 'n: ' + '9' * 5000 + '\n')
+    return text
+
+
+def _py_text(i, spec, bases, case):
+    lines = [f'_base_ = {bases!r}'] if bases else []
+    lines.append(f'k{i} = dict(a={i}, b=(1, 2.5))')
+    if spec['payload'] == 'model':
+        lines.append("model = dict(type='ImageClassifier', "
+                     "backbone=dict(type='ResNet', depth=18))")
+    elif spec['payload'] == 'dotted_type':
+        lines.append("backbone = dict(type='mmengine.runner.runner.os."
+                     "system')")
+    elif spec['payload'] == 'writes':
+        lines.append(f"open({str(case / f'code_{i}')!r}, 'w').close()")
+    return '\n'.join(lines) + '\n'
+
+
+def _runnable_py(files, allow):
+    """Indices of .py files a loader may run for this chain."""
+    allowed = set()
+    if files[0]['suffix'] != '.py' and not allow:
+        return allowed
+    for i, spec in enumerate(files):
+        if spec['suffix'] == '.py':
+            allowed.add(i)
+        elif not allow:
+            break
+    return allowed
+
+
+def _write_chain(files, case):
+    case.mkdir()
+    for i, spec in enumerate(files):
+        bases = _bases(i, spec, files)
+        path = case / _name(i, spec)
+        if spec['suffix'] == '.py':
+            path.write_text(_py_text(i, spec, bases, case))
+        else:
+            path.write_text(_data_text(i, spec, bases, spec['suffix']))
+    (case / 'extra.yaml').write_text('extra_a: 1\nk0: {z: 1}\n')
+    (case / 'extra.json').write_text('{"extra_b": 2}')
+    (case / 'notes.txt').write_text('a: 1\n')
+    return case / _name(0, files[0])
+
+
+def check_chain(files, allow, readers) -> None:
+    from mmbackbone.engine import config as config_module
+    CHAIN_STATS['written'] += 1
+    case = CHAIN_TMP / f'case{CHAIN_STATS["written"]}'
+    top = _write_chain(files, case)
+    for name, reader in readers.items():
+        for marker in case.glob('code_*'):
+            marker.unlink()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                reader(str(top), allow)
+            outcome = 'loaded'
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and \
+                len(err.args) == 1 else str(err)
+            assert case.name in str(text), (
+                f'{name}: {type(err).__name__} does not name the config: '
+                f'{text}\nchain: {files} allow={allow}')
+            outcome = type(err).__name__
+        assert not DATA_MARKER.exists(), (
+            f'{name}: a data file ran code\nchain: {files} allow={allow}')
+        ran = {int(p.name.split('_')[1]) for p in case.glob('code_*')}
+        assert ran <= _runnable_py(files, allow), (
+            f'{name}: ran .py files {ran} that no opt-in allowed\n'
+            f'chain: {files} allow={allow}')
+        assert config_module._ACTIVE == []
+        CHAIN_STATS[f'{name}:{outcome}'] += 1
+        CHAIN_STATS['reads'] += 1
+    CHAIN_STATS['total'] += 1
+
+
+def test_fuzzed_config_chains_never_run_data_and_name_the_file(
+        monkeypatch):
+    from mmbackbone.engine import config as config_module
+    CHAIN_STATS.clear()
+    CHAIN_TMP.mkdir(parents=True, exist_ok=True)
+    (CHAIN_TMP / f'{MARKER_MODULE}.py').write_text(
+        f'open({str(DATA_MARKER)!r}, "w").close()\n')
+    monkeypatch.syspath_prepend(str(CHAIN_TMP))
+    monkeypatch.setattr(config_module, 'MAX_VALUES', 5_000)
+    readers = _chain_readers()
+
+    @settings(max_examples=CHAIN_EXAMPLES, derandomize=True, deadline=None,
+              database=None, suppress_health_check=list(HealthCheck),
+              print_blob=True)
+    @given(case=config_chains())
+    def fuzz(case):
+        check_chain(*case, readers)
+
+    start = time.perf_counter()
+    try:
+        fuzz()
+    finally:
+        sys.modules.pop(MARKER_MODULE, None)
+    assert CHAIN_STATS['total'] >= CHAIN_EXAMPLES, CHAIN_STATS
+    assert CHAIN_STATS['reads'] == CHAIN_STATS['total'] * len(readers)
+    for name in readers:  # every reader both loaded and refused something
+        assert CHAIN_STATS[f'{name}:loaded'] > 0, (name, CHAIN_STATS)
+        assert CHAIN_STATS[f'{name}:UnsafeConfigError'] > 0, (name,
+                                                              CHAIN_STATS)
+    # with the 500 backbone configs above: >= 1,000 config cases in all
+    assert CHAIN_EXAMPLES + MAX_EXAMPLES >= 1000 or \
+        'FUZZ_CHAIN_EXAMPLES' in os.environ
+    summary = dict(sorted(CHAIN_STATS.items()))
+    summary['seconds'] = round(time.perf_counter() - start, 1)
+    print('config chain fuzz:', json.dumps(summary), file=sys.stderr)

@@ -482,18 +482,45 @@ def print_rows(rows: List[Row], header: bool = True) -> None:
               f"{fmt(r.max_diff, '9.1e'):>9}  {r.weights or r.note}")
 
 
-def parse_config(text: str) -> dict:
+def parse_config(text: str, allow_python_bases: bool = False) -> dict:
     """A backbone config: a config file (its model.backbone or model) or
-    a ``dict(...)`` / JSON literal."""
+    a ``dict(...)`` / JSON literal.
+
+    Files are read with :func:`mmbackbone.engine.load_config` (YAML/JSON
+    are data; their ``.py`` bases only with ``allow_python_bases``), and
+    every ``type`` in the result must be a registered name
+    (:func:`mmbackbone.apis.check_config_types`).
+    """
+    from mmbackbone.apis import check_config_types
     if os.path.isfile(text):
-        from mmengine.config import Config
-        cfg = Config.fromfile(text)
+        from mmbackbone.engine import load_config
+        cfg = load_config(text,
+                          allow_python_bases=allow_python_bases).to_dict()
         model = cfg.get('model', cfg)
-        return dict(model.get('backbone', model))
-    node = ast.parse(text, mode='eval').body
-    if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'dict':
-        return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
-    return dict(ast.literal_eval(node))
+        backbone = model.get('backbone', model) if isinstance(model,
+                                                              dict) else None
+        if not isinstance(backbone, dict) or 'type' not in backbone:
+            raise KeyError(f'config {text} has no model.backbone or model '
+                           f'dict with a "type"; top-level keys: '
+                           f'{sorted(cfg)}')
+        check_config_types(backbone, f'config {text}: backbone')
+        return dict(backbone)
+    try:
+        node = ast.parse(text, mode='eval').body
+        if isinstance(node, ast.Call) and getattr(node.func, 'id',
+                                                  '') == 'dict':
+            result = {kw.arg: ast.literal_eval(kw.value)
+                      for kw in node.keywords}
+        else:
+            result = dict(ast.literal_eval(node))
+    except (SyntaxError, ValueError, TypeError, RecursionError,
+            MemoryError) as err:
+        raise ValueError(f'--config {text[:200]!r} is neither a config file '
+                         f"nor a dict literal such as \"dict(type='ResNet', "
+                         f"depth=18)\" ({type(err).__name__}: {err})"
+                         ) from None
+    check_config_types(result, '--config')
+    return result
 
 
 def environment(args) -> dict:
@@ -515,6 +542,9 @@ def parse_args(argv=None):
     parser.add_argument('--config', help='a backbone config: a config file '
                         "or a dict literal such as \"dict(type='ResNet', "
                         'depth=18)"')
+    parser.add_argument('--allow-python-bases', action='store_true',
+                        help='let a YAML/JSON --config file inherit from '
+                        '.py files (which are then run); off by default')
     parser.add_argument('--timm', help='timm model to compare --config with')
     parser.add_argument('--torchvision', help='torchvision model to '
                         'compare --config with')
@@ -564,7 +594,7 @@ def main(argv=None) -> Dict[str, Any]:
     if not only_extras:
         rows: List[Row] = []
         if args.config:
-            cfg = parse_config(args.config)
+            cfg = parse_config(args.config, args.allow_python_bases)
             rows += benchmark_case(cfg['type'], cfg, args.timm,
                                    args.torchvision, args)
         for name in (args.preset or ([] if args.config else PRESETS)):

@@ -2,7 +2,9 @@
 
 SOURCE is one of:
 
-- a config file (python / yaml / json, read by mmengine's ``Config``) with
+- a config file read with ``mmbackbone.engine.load_config`` (``.py`` is
+  code and runs; ``.yaml``/``.yml``/``.json`` are data and never run code,
+  their ``.py`` bases only with ``--allow-python-bases``) with
   a ``backbone`` dict, a ``model`` dict that is a backbone, or a ``model``
   dict holding a ``backbone`` (a classifier / detector config);
 - a registered backbone type: ``ResNet:resnet18`` picks one of the
@@ -59,25 +61,31 @@ class LastOutput(nn.Module):
         return self.backbone(x)[-1]
 
 
-def _backbone_cfg_from_file(path: str) -> dict:
-    from mmengine.config import Config
-
-    from mmbackbone.apis import resolve_type
+def _backbone_cfg_from_file(path: str,
+                            allow_python_bases: bool = False) -> dict:
+    """The backbone dict of a config file, its ``type`` names checked."""
+    from mmbackbone.apis import check_config_types, resolve_type
+    from mmbackbone.engine import load_config
     from mmbackbone.models.backbones.base_backbone import BaseBackbone
-    cfg = Config.fromfile(path).to_dict()
+    cfg = load_config(path, allow_python_bases=allow_python_bases).to_dict()
+    found = None
     if isinstance(cfg.get('backbone'), dict):
-        return cfg['backbone']
+        found, where = cfg['backbone'], 'backbone'
     model = cfg.get('model')
-    if isinstance(model, dict):
+    if found is None and isinstance(model, dict):
         if isinstance(model.get('backbone'), dict):
-            return model['backbone']
-        if 'type' in model:
+            found, where = model['backbone'], 'model.backbone'
+        elif 'type' in model:
+            check_config_types(model, f'config {path}: model')
             try:
                 cls = resolve_type(model['type'])
             except (KeyError, ValueError, TypeError):
                 cls = None
             if isinstance(cls, type) and issubclass(cls, BaseBackbone):
-                return model
+                found, where = model, 'model'
+    if found is not None:
+        check_config_types(found, f'config {path}: {where}')
+        return found
     raise KeyError(f'config {path} has no backbone: give a top-level '
                    f"'backbone' dict, a 'model' dict that is a backbone, or "
                    f"a 'model' dict with a 'backbone' entry (top-level keys: "
@@ -86,7 +94,8 @@ def _backbone_cfg_from_file(path: str) -> dict:
 
 def build_source(source: str, checkpoint: Optional[str] = None,
                  prefix: Optional[str] = None,
-                 feature_maps: bool = False) -> Tuple[nn.Module, str]:
+                 feature_maps: bool = False,
+                 allow_python_bases: bool = False) -> Tuple[nn.Module, str]:
     """Build the backbone SOURCE names; return it and a description."""
     from mmbackbone import build_backbone, list_backbones
     from mmbackbone.registry import MODELS
@@ -95,7 +104,7 @@ def build_source(source: str, checkpoint: Optional[str] = None,
                        **({'prefix': prefix} if prefix else {}))
                   if checkpoint else None)
     if os.path.isfile(source):
-        cfg = dict(_backbone_cfg_from_file(source))
+        cfg = dict(_backbone_cfg_from_file(source, allow_python_bases))
         if pretrained:
             cfg['init_cfg'] = pretrained
         what = f'config {source} ({cfg.get("type")})'
@@ -183,14 +192,16 @@ def build_torchscript(source: str, out: str,
                       prefix: Optional[str] = None,
                       feature_maps: bool = False,
                       embed_resize: bool = False,
-                      method: str = 'auto') -> dict:
+                      method: str = 'auto',
+                      allow_python_bases: bool = False) -> dict:
     """Build SOURCE, save it as TorchScript at ``out``, verify, report.
 
     Returns:
         dict: ``nr_features``, ``output_shape``, ``method``,
         ``max_abs_diff`` (saved vs eager), ``input_size``, ``notes``.
     """
-    model, what = build_source(source, checkpoint, prefix, feature_maps)
+    model, what = build_source(source, checkpoint, prefix, feature_maps,
+                               allow_python_bases)
     size = tuple(input_size) if input_size else _default_input_size(model)
     module = LastOutput(model, size if embed_resize else None).eval()
     example = torch.rand(2, getattr(model, 'in_channels', 3), *size)
@@ -236,6 +247,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'module (bilinear)')
     parser.add_argument('--method', choices=('auto', 'script', 'trace'),
                         default='auto', help='default: script, else trace')
+    parser.add_argument('--allow-python-bases', action='store_true',
+                        help='let a YAML/JSON config inherit from .py files '
+                        '(which are then run); off by default')
     return parser.parse_args(argv)
 
 
@@ -243,7 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     info = build_torchscript(args.source, args.out, args.input_size,
                              args.checkpoint, args.prefix, args.feature_maps,
-                             args.embed_resize, args.method)
+                             args.embed_resize, args.method,
+                             args.allow_python_bases)
     for note in info['notes']:
         print(f'note: {note}')
     height, width = info['input_size']

@@ -1,12 +1,30 @@
-"""Load training configs: Python files through mmengine, YAML safely.
+"""Load configs: data files (YAML, JSON) as data, Python files as code.
 
-mmengine reads ``.yaml`` files with an unsafe YAML loader (tags such as
-``!!python/object/apply`` would run code while the file is parsed).
-:func:`load_config` parses YAML with ``yaml.safe_load`` instead (plain
-data only) and wraps the result in an mmengine ``Config``. YAML configs
-may inherit with ``_base_`` (a path or a list of paths, relative to the
-file; ``.yaml``/``.yml`` or ``.py``) and ``_delete_: true`` like Python
-configs.
+One loader, :func:`load_config`, serves every tool and command that reads
+a config. Two kinds of config file:
+
+* **Data configs** (``.yaml``, ``.yml``, ``.json``) never run code,
+  whatever their ``_base_`` chain holds. They are parsed here with
+  ``yaml.safe_load`` / ``json`` (plain mappings, lists, strings, numbers;
+  a ``!!python/...`` tag raises :class:`UnsafeConfigError` and nothing in
+  the file is run) and their ``_base_`` chains are followed by this
+  module, not by mmengine (whose YAML reader is unsafe). Their bases must
+  be data configs too: a ``.py`` base is refused unless the caller opts in
+  with ``allow_python_bases=True`` (``--allow-python-bases`` on the
+  tools). ``custom_imports`` (which mmengine turns into imports) is
+  refused in every data file, base or not. Nesting deeper than
+  :data:`MAX_DEPTH` or more than :data:`MAX_VALUES` values (YAML aliases
+  can multiply a small file) are refused before anything is copied.
+* **Python configs** (``.py``) are code chosen by the user and run by
+  mmengine's ``Config.fromfile``, as in every OpenMMLab tool. Any YAML or
+  JSON file in their ``_base_`` chain is still read by the data loader
+  above, with the same rules.
+
+Inheritance works as in mmengine: ``_base_`` is a path or a list of paths
+relative to the file, keys of different bases must not collide, and
+``_delete_: true`` replaces a base's dict instead of merging into it.
+(Data configs do not support ``{{_base_.x}}`` references, predefined
+variables or ``pkg::`` bases; write a Python config for those.)
 
 Example:
     >>> import tempfile, os
@@ -17,46 +35,208 @@ Example:
     >>> load_config(path).model
     {'type': 'ResNet', 'depth': 18}
 """
+import contextlib
 import copy
+import json
+import os
+import threading
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Iterator, List, Mapping, Optional, Union
 
 from mmengine.config import Config
 
 YAML_SUFFIXES = ('.yaml', '.yml')
+JSON_SUFFIXES = ('.json', )
+#: Config files read as data: they never run code.
+DATA_SUFFIXES = YAML_SUFFIXES + JSON_SUFFIXES
+#: Config files that are code (run by mmengine's ``Config.fromfile``).
+PYTHON_SUFFIXES = ('.py', )
 BASE_KEY = '_base_'
+#: Keys that make mmengine import modules (``Config.fromfile`` imports
+#: ``custom_imports``): refused in data configs and in ``cfg_options``.
+CODE_KEYS = ('custom_imports', )
+#: Top-level names mmengine's ``Config`` keeps for itself.
+RESERVED_KEYS = ('filename', 'text', 'pretty_text', 'env_variables')
+#: Deepest nesting of mappings/lists a config may have.
+MAX_DEPTH = 100
+#: Most values (after YAML aliases are expanded) a config may hold.
+MAX_VALUES = 1_000_000
+#: The keyword of :func:`load_config` that lets data configs have Python
+#: bases, and the command-line flag of the tools that passes it.
+OPT_IN = 'allow_python_bases=True (--allow-python-bases on the command line)'
+PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
 class UnsafeConfigError(ValueError):
-    """A YAML config uses tags that would construct Python objects."""
+    """A config refused because reading it would run code (a YAML tag that
+    builds Python objects, ``custom_imports``, a Python base of a data
+    config without the opt-in) or exhaust resources (absurd nesting or
+    alias expansion). The message names the file and the offending tag,
+    key or base, and says what would work."""
 
 
-def _read_yaml(path: Path) -> dict:
+def _too_big(path, what: str) -> UnsafeConfigError:
+    return UnsafeConfigError(
+        f'config {path}: {what}; configs hold at most {MAX_VALUES:,} values '
+        f'nested at most {MAX_DEPTH} levels deep (self-referencing or '
+        f'multiplying YAML aliases count every expansion). Write the data '
+        f'out flat')
+
+
+def check_plain_data(value: Any, where: str, path, *,
+                     plain_only: bool = False) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and more than
+    :data:`MAX_VALUES` values, counting every expansion of a shared
+    (YAML alias) node without making it: each container is measured
+    once. A container inside itself is refused. With ``plain_only`` every
+    value must also be None, a bool, number, string, list, tuple or dict.
+    """
+    measured = {}  # id(container) -> (values, levels below)
+    open_ids = set()
+
+    def deep(at: str) -> UnsafeConfigError:
+        at = at or 'the top level'
+        shown = at if len(at) <= 80 else at[:80] + '...'
+        return _too_big(path, f'{shown} is nested more than {MAX_DEPTH} '
+                        f'levels deep')
+
+    def measure(node: Any, depth: int, at: str):
+        if depth > MAX_DEPTH:
+            raise deep(at)
+        if isinstance(node, Mapping):
+            children = [(item, f'{at}.{key}' if at else str(key))
+                        for key, item in node.items()]
+        elif isinstance(node, (list, tuple)):
+            children = [(item, f'{at}[{i}]') for i, item in enumerate(node)]
+        else:
+            if plain_only and not isinstance(node, PLAIN_TYPES):
+                raise TypeError(f'config {path}: {at}={node!r} is a '
+                                f'{type(node).__name__}; config values are '
+                                f'plain data (None, bool, int, float, str, '
+                                f'list, tuple, dict)')
+            return 1, 0
+        key = id(node)
+        if key in measured:
+            count, below = measured[key]
+            if depth + below > MAX_DEPTH:
+                raise deep(at)
+            return count, below
+        if key in open_ids:
+            raise _too_big(path, f'{at} contains itself (a YAML alias of '
+                           f'an enclosing node)')
+        open_ids.add(key)
+        count, below = 1, 0
+        for item, item_at in children:
+            item_count, item_below = measure(item, depth + 1, item_at)
+            count += item_count
+            below = max(below, item_below + 1)
+            if count > MAX_VALUES:
+                raise _too_big(path, f'{where or "the file"} holds more than '
+                               f'{MAX_VALUES:,} values')
+        open_ids.discard(key)
+        measured[key] = (count, below)
+        return count, below
+
+    measure(value, 0, where)
+
+
+class _NestingError(Exception):
+    pass
+
+
+def _bounded_safe_loader():
+    """``yaml.SafeLoader`` that stops at :data:`MAX_DEPTH` levels: PyYAML's
+    scanner does work quadratic in the flow nesting depth (a 4 KB
+    ``[[[[...`` file takes seconds) and its composer recurses per level."""
+    import yaml
+
+    class BoundedSafeLoader(yaml.SafeLoader):
+
+        def fetch_flow_collection_start(self, TokenClass):
+            if self.flow_level >= MAX_DEPTH:
+                raise _NestingError(self.get_mark())
+            super().fetch_flow_collection_start(TokenClass)
+
+        def add_indent(self, column):
+            if len(self.indents) >= MAX_DEPTH:
+                raise _NestingError(self.get_mark())
+            return super().add_indent(column)
+
+    return BoundedSafeLoader
+
+
+def _read_yaml(path: Path) -> Any:
     import yaml
     try:
         with open(path, encoding='utf-8') as f:
-            data = yaml.safe_load(f)
+            return yaml.load(f, Loader=_bounded_safe_loader())
+    except _NestingError as err:
+        raise _too_big(path, f'the YAML is nested more than {MAX_DEPTH} '
+                       f'levels deep at {err.args[0]}') from None
     except yaml.constructor.ConstructorError as err:
-        tag = getattr(err, 'problem', '') or str(err)
+        problem = (getattr(err, 'problem', '') or str(err)).strip()
+        if 'could not determine a constructor' not in problem:
+            raise ValueError(f'config {path} is not valid YAML config data: '
+                             f'{problem} at {err.problem_mark}') from None
         raise UnsafeConfigError(
-            f'config {path}: {tag.strip()} at {err.problem_mark}. YAML '
+            f'config {path}: {problem} at {err.problem_mark}. YAML '
             f'configs are read with yaml.safe_load: plain mappings, lists, '
             f'strings and numbers only; tags that build Python objects '
             f'(!!python/...) are refused and nothing in the file was run'
         ) from None
     except yaml.YAMLError as err:
         raise ValueError(f'config {path} is not valid YAML: {err}') from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f'config {path} is not UTF-8 text: {err}') from None
+    except ValueError as err:  # e.g. an int beyond Python's digit limit
+        raise ValueError(f'config {path}: a value cannot be read: '
+                         f'{err}') from None
+    except RecursionError:
+        raise _too_big(path, 'the YAML is nested too deeply to parse') \
+            from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f'config {path} is not valid JSON: {err}') from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f'config {path} is not UTF-8 text: {err}') from None
+    except ValueError as err:  # e.g. an int beyond Python's digit limit
+        raise ValueError(f'config {path}: a value cannot be read: '
+                         f'{err}') from None
+    except RecursionError:
+        raise _too_big(path, 'the JSON is nested too deeply to parse') \
+            from None
+
+
+def _read_data(path: Path) -> dict:
+    """One data file, parsed and checked (its ``_base_`` not followed)."""
+    data = _read_yaml(path) if path.suffix in YAML_SUFFIXES else \
+        _read_json(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f'config {path} must hold a mapping at the top '
                          f'level (key: value lines); got a '
                          f'{type(data).__name__}')
-    if 'custom_imports' in data:
-        raise ValueError(f'config {path}: custom_imports is not supported '
-                         f'in YAML configs (importing modules runs code); '
-                         f'import your plugin in a Python config or before '
-                         f'calling the tools')
+    check_plain_data(data, '', path)
+    for key in data:
+        if not isinstance(key, str):
+            raise ValueError(f'config {path}: top-level key {key!r} is a '
+                             f'{type(key).__name__}; top-level keys are '
+                             f'names (strings)')
+        if key in CODE_KEYS:
+            raise UnsafeConfigError(
+                f'config {path}: {key} is not supported in data (YAML/JSON) '
+                f'configs (importing modules runs code); import your plugin '
+                f'in a Python config or before calling the tools')
+        if key in RESERVED_KEYS:
+            raise KeyError(f'config {path}: top-level key {key!r} is '
+                           f'reserved by mmengine Config ({RESERVED_KEYS}); '
+                           f'rename it')
     return data
 
 
@@ -69,70 +249,256 @@ def _tuples_to_lists(value: Any) -> Any:
     return value
 
 
-def _load_yaml_dict(path: Path, chain: List[Path]) -> dict:
-    if path in chain:
-        raise ValueError(f'config {path}: _base_ inheritance loops through '
-                         f'{" -> ".join(map(str, chain + [path]))}')
-    data = _read_yaml(path)
-    bases = data.pop(BASE_KEY, None)
-    if bases is None:
-        return data
+class _Walk:
+    """One ``load_config`` call: the opt-in and the files being read (to
+    name the chain in errors and to stop inheritance loops)."""
+
+    def __init__(self, allow_python_bases: bool):
+        self.allow_python_bases = allow_python_bases
+        self.stack: List[Path] = []
+
+    @contextlib.contextmanager
+    def entering(self, path: Path) -> Iterator[None]:
+        if path in self.stack:
+            raise ValueError(f'config {self.stack[-1]}: _base_ inheritance '
+                             f'loops through '
+                             f'{" -> ".join(map(str, self.stack + [path]))}')
+        self.stack.append(path)
+        try:
+            yield
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            raise self._named_chain(err) from err.__cause__
+        finally:
+            self.stack.pop()
+
+    def _named_chain(self, err: Exception) -> Exception:
+        """Add the _base_ chain to an error raised in a base file."""
+        if len(self.stack) < 2 or getattr(err, '_chain_named', False) or \
+                len(err.args) != 1 or not isinstance(err.args[0], str):
+            return err
+        chain = ' -> '.join(map(str, self.stack))
+        try:
+            named = type(err)(f'{err.args[0]} (_base_ chain: {chain})')
+        except Exception:  # an exception type with other arguments
+            return err
+        named._chain_named = True
+        return named
+
+
+def _base_paths(path: Path, bases: Any, walk: _Walk) -> List[Path]:
+    """The files a data config's ``_base_`` names, checked."""
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str)
                                               for b in bases):
         raise TypeError(f'config {path}: _base_={bases!r} must be a path or '
                         f'a list of paths')
-    merged: dict = {}
+    paths = []
     for base in bases:
         if '::' in base:
             raise ValueError(f'config {path}: _base_ {base!r}: package '
                              f'configs (pkg::path) are not supported in '
-                             f'YAML; give a file path')
+                             f'data (YAML/JSON) configs; give a file path, '
+                             f'or inherit from it in a Python config')
         base_path = (path.parent / base).resolve()
+        suffix = base_path.suffix
+        if suffix not in DATA_SUFFIXES + PYTHON_SUFFIXES:
+            raise ValueError(f'config {path}: _base_ {base!r} is not a '
+                             f'config file; bases end in '
+                             f'{", ".join(DATA_SUFFIXES)} (or .py, with '
+                             f'{OPT_IN})')
+        if suffix in PYTHON_SUFFIXES and not walk.allow_python_bases:
+            raise UnsafeConfigError(
+                f'config {path}: _base_ {base!r} is a Python file, and a '
+                f'data (YAML/JSON) config does not run code: its bases '
+                f'must be {"/".join(DATA_SUFFIXES)} files. Nothing was run. '
+                f'If you trust {base_path}, pass {OPT_IN}, or write a '
+                f'Python config')
         if not base_path.is_file():
             raise FileNotFoundError(f'config {path}: _base_ file {base!r} '
                                     f'({base_path}) does not exist')
-        if base_path.suffix in YAML_SUFFIXES:
-            base_dict = _load_yaml_dict(base_path, chain + [path])
-        else:
-            base_dict = Config.fromfile(str(base_path)).to_dict()
-        duplicated = set(merged) & set(base_dict)
-        if duplicated:
-            raise KeyError(f'config {path}: keys {sorted(duplicated)} are '
-                           f'defined in more than one _base_ file')
-        merged.update(base_dict)
-    return Config._merge_a_into_b(data, merged)
+        paths.append(base_path)
+    return paths
+
+
+def _load_data_dict(path: Path, walk: _Walk) -> dict:
+    """A data config with its ``_base_`` chain merged in."""
+    with walk.entering(path):
+        data = _read_data(path)
+        bases = data.pop(BASE_KEY, None)
+        if bases is None:
+            return data
+        merged: dict = {}
+        for base_path in _base_paths(path, bases, walk):
+            if base_path.suffix in DATA_SUFFIXES:
+                base_dict = _load_data_dict(base_path, walk)
+            else:  # a Python base, opted in
+                base_dict = _load_python_config(base_path, walk).to_dict()
+            duplicated = set(merged) & set(base_dict)
+            if duplicated:
+                raise KeyError(f'config {path}: keys {sorted(duplicated)} '
+                               f'are defined in more than one _base_ file')
+            merged.update(base_dict)
+        try:
+            return Config._merge_a_into_b(data, merged)
+        except (KeyError, TypeError, ValueError) as err:
+            raise type(err)(f'config {path}: cannot merge into its _base_: '
+                            f'{err}') from None
+
+
+# mmengine's Config._file2dict reads the YAML/JSON files of a Python
+# config's _base_ chain with mmengine.load, whose YAML handler uses
+# yaml.load with the full (code-running) Loader, imports their
+# custom_imports and recurses without a loop check; mmengine has no hook
+# to change that. While mmengine reads a Python config, _file2dict is
+# routed here: data files go to _load_data_dict (safe, same rules as a
+# data config), Python files to mmengine's own _file2dict. The YAML
+# handler is also made safe for the duration, for any other read.
+_HOOK_LOCK = threading.RLock()
+_ACTIVE: List[_Walk] = []  # the walk whose hook is installed, if any
+
+
+def _file2dict_hook(walk: _Walk, original):
+
+    def _file2dict(filename, use_predefined_variables=True,
+                   use_environment_variables=True, lazy_import=None):
+        path = Path(os.path.abspath(os.path.expanduser(filename))).resolve()
+        if path.suffix in DATA_SUFFIXES:
+            if not path.is_file():
+                raise FileNotFoundError(f'config {walk.stack[-1]}: _base_ '
+                                        f'file {path} does not exist')
+            data = _load_data_dict(path, walk)
+            text = path.read_text(encoding='utf-8', errors='replace')
+            return data, f'{path}\n{text}', {}
+        if path.suffix not in PYTHON_SUFFIXES:
+            raise ValueError(f'config {walk.stack[-1]}: _base_ {path} is '
+                             f'not a config file; bases end in .py, '
+                             f'{", ".join(DATA_SUFFIXES)}')
+        with walk.entering(path):
+            try:
+                return original(filename, use_predefined_variables,
+                                use_environment_variables, lazy_import)
+            except (KeyError, TypeError, ValueError) as err:
+                text = err.args[0] if len(err.args) == 1 else str(err)
+                if not isinstance(text, str) or str(path) in text:
+                    raise
+                # e.g. mmengine's 'Duplicate key is not allowed among bases'
+                raise type(err)(f'config {path}: {text}') from None
+
+    return _file2dict
+
+
+@contextlib.contextmanager
+def _data_files_read_safely(walk: _Walk) -> Iterator[None]:
+    import yaml
+    from mmengine.fileio.handlers.yaml_handler import YamlHandler
+
+    def safe_load_from_fileobj(self, file, **kwargs):
+        kwargs['Loader'] = yaml.SafeLoader
+        return yaml.load(file, **kwargs)
+
+    with _HOOK_LOCK:
+        if _ACTIVE:  # a Python base of a data file of a Python config
+            yield
+            return
+        saved_file2dict = Config.__dict__['_file2dict']
+        saved_yaml = YamlHandler.__dict__['load_from_fileobj']
+        Config._file2dict = staticmethod(
+            _file2dict_hook(walk, saved_file2dict.__func__))
+        YamlHandler.load_from_fileobj = safe_load_from_fileobj
+        _ACTIVE.append(walk)
+        try:
+            yield
+        finally:
+            _ACTIVE.pop()
+            Config._file2dict = saved_file2dict
+            YamlHandler.load_from_fileobj = saved_yaml
+
+
+def _load_python_config(path: Path, walk: _Walk) -> Config:
+    with _data_files_read_safely(walk):
+        try:
+            return Config.fromfile(str(path))
+        except RecursionError:
+            raise _too_big(path, 'the config (or its _base_ chain) is '
+                           'nested too deeply to read') from None
+
+
+def _check_options(cfg_options: Any, path) -> None:
+    if not isinstance(cfg_options, Mapping):
+        raise TypeError(f'config {path}: cfg_options={cfg_options!r} must '
+                        f'be a dict of dotted keys to values')
+    for key, value in cfg_options.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f'config {path}: cfg_options key {key!r} must '
+                            f'be a dotted name such as '
+                            f"'train_cfg.max_epochs'")
+        head = key.split('.', 1)[0]
+        if head in CODE_KEYS or head == BASE_KEY:
+            raise UnsafeConfigError(
+                f'config {path}: cfg_options {key!r} cannot be set from '
+                f'the command line ({head} makes mmengine import or read '
+                f'more files); put it in a Python config')
+        check_plain_data(value, f'cfg_options {key!r}', path,
+                         plain_only=True)
 
 
 def load_config(path: Union[str, Path],
-                cfg_options: Optional[dict] = None) -> Config:
-    """Read a ``.py`` or ``.yaml``/``.yml`` config into an mmengine Config.
+                cfg_options: Optional[dict] = None, *,
+                allow_python_bases: bool = False) -> Config:
+    """Read a config file into an mmengine ``Config``.
+
+    ``.yaml``/``.yml``/``.json`` files are data and never run code;
+    ``.py`` files are code (see the module docstring).
 
     Args:
         path (str | Path): the config file.
         cfg_options (dict, optional): overrides such as
             ``{'train_cfg.max_epochs': 2}`` (merged with
-            ``Config.merge_from_dict``).
+            ``Config.merge_from_dict``); values must be plain data, and
+            ``custom_imports`` / ``_base_`` cannot be set this way.
+        allow_python_bases (bool): let data configs (the file and any data
+            file in its ``_base_`` chain) inherit from ``.py`` files, which
+            are then run. Off by default: a data config's ``.py`` base
+            raises :class:`UnsafeConfigError`. The tools pass
+            ``--allow-python-bases`` here. Only for Python files you trust.
 
     Returns:
         mmengine.config.Config
 
     Raises:
         FileNotFoundError: the file (or a ``_base_``) does not exist.
-        UnsafeConfigError: a YAML file with a ``!!python/...`` tag.
-        ValueError: invalid YAML, not a mapping, or an inheritance loop.
+        UnsafeConfigError: a ``!!python/...`` YAML tag, ``custom_imports``
+            in a data file, a ``.py`` base of a data config without
+            ``allow_python_bases``, or absurd nesting / size.
+        ValueError: invalid YAML/JSON, not a mapping, an unsupported file
+            type, or an inheritance loop.
+        KeyError: keys defined in two bases, or a reserved key.
+        TypeError: a malformed ``_base_`` or ``cfg_options``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'config file {str(path)!r} does not exist')
-    if path.suffix in YAML_SUFFIXES:
-        data = _tuples_to_lists(_load_yaml_dict(path.resolve(), []))
+    suffix = path.suffix
+    if suffix not in DATA_SUFFIXES + PYTHON_SUFFIXES:
+        raise ValueError(f'config {path}: unsupported file type '
+                         f'{suffix or "(none)"!r}; configs are '
+                         f'{", ".join(DATA_SUFFIXES)} (data) or .py (code)')
+    if cfg_options:
+        _check_options(cfg_options, path)
+    walk = _Walk(allow_python_bases)
+    if suffix in DATA_SUFFIXES:
+        data = _tuples_to_lists(_load_data_dict(path.resolve(), walk))
         cfg = Config(copy.deepcopy(data), filename=str(path))
     else:
-        cfg = Config.fromfile(str(path))
+        cfg = _load_python_config(path.resolve(), walk)
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-        if path.suffix in YAML_SUFFIXES:
+        try:
+            cfg.merge_from_dict(dict(cfg_options))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise KeyError(f'config {path}: cfg_options {dict(cfg_options)} '
+                           f'cannot be merged: {type(err).__name__}: '
+                           f'{err}') from None
+        if suffix in DATA_SUFFIXES:
             cfg = Config(_tuples_to_lists(cfg.to_dict()), filename=str(path))
     return cfg
