@@ -22,8 +22,8 @@ TRANSFORMS = _child('transform', root.TRANSFORMS, 'mmbackbone.datasets')
 METRICS = _child('metric', root.METRICS, 'mmbackbone.evaluation')
 HOOKS = _child('hook', root.HOOKS, 'mmbackbone.engine')
 
+RUNNERS = _child('runner', root.RUNNERS, 'mmbackbone.engine.runner')
 # Runner components we do not add to, but that must resolve in our scope.
-RUNNERS = _child('runner', root.RUNNERS)
 RUNNER_CONSTRUCTORS = _child('runner constructor', root.RUNNER_CONSTRUCTORS)
 LOOPS = _child('loop', root.LOOPS)
 DATA_SAMPLERS = _child('data sampler', root.DATA_SAMPLERS)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from helpers_train import (DIGITS_PY, DIGITS_YAML, PYTHON, ROOT, load_tool,
                            subprocess_env, tiny_options)
-from mmbackbone.engine import (UnsafeConfigError, allow_checkpoint_globals,
-                               load_config)
+from mmbackbone.engine import (UnsafeConfigError, load_config,
+                               read_training_checkpoint)
 
 train_tool = load_tool('tools/train.py')
 test_tool = load_tool('tools/test.py')
@@ -29,6 +29,10 @@ def _scalars(work_dir):
 
 
 def test_train_test_and_plot_a_tiny_run(tmp_path, capsys):
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.engine.resume import training_checkpoint_globals
+    ours = [HistoryBuffer, *training_checkpoint_globals()]
     work_dir = tmp_path / 'run'
     runner = train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
                               *tiny_options(epochs=2)])
@@ -48,20 +52,17 @@ def test_train_test_and_plot_a_tiny_run(tmp_path, capsys):
     assert [r['step'] for r in val] == [1, 2]
     assert val[-1]['accuracy/top1'] == pytest.approx(final_top1, abs=0.01)
 
-    # weights_only loading needs exactly the allow-listed globals
+    # a plain weights_only load refuses the message hub's buffers; ours
+    # reads them for that one read and allows nothing process-wide
     ckpt = str(work_dir / 'epoch_2.pth')
-    saved = torch.serialization.get_safe_globals()
-    torch.serialization.clear_safe_globals()
-    try:
-        with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
-            torch.load(ckpt, weights_only=True)
-        allow_checkpoint_globals()
-        loaded = torch.load(ckpt, weights_only=True)
-    finally:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(saved)
-        allow_checkpoint_globals()
+    assert not [g for g in ours if g in torch.serialization.get_safe_globals()]
+    with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+        torch.load(ckpt, weights_only=True)
+    loaded = read_training_checkpoint(ckpt)
+    assert not [g for g in ours if g in torch.serialization.get_safe_globals()]
     assert loaded['meta']['epoch'] == 2 and 'message_hub' in loaded
+    loss = loaded['message_hub']['log_scalars']['train/loss']
+    assert type(loss) is HistoryBuffer and len(loss.data[0]) > 0
 
     metrics = test_tool.main([str(DIGITS_PY), str(work_dir / 'epoch_2.pth'),
                               '--work-dir', str(tmp_path / 'test'),
@@ -308,3 +309,38 @@ def test_family_config_builds_and_trains_a_step(name, tmp_path):
     with torch.no_grad():
         preds = model.val_step(batch)
     assert preds[0].pred_score.shape == (cfg.model.head.num_classes, )
+
+
+def _foreign_checkpoint(path):
+    """An ImageClassifier of the digits config at another width."""
+    from mmengine.registry import DefaultScope
+
+    from mmbackbone.registry import MODELS
+    cfg = load_config(DIGITS_PY)
+    cfg.model.backbone.update(stem_channels=8, base_channels=8)
+    cfg.model.head.in_channels = 64
+    with DefaultScope.overwrite_default_scope('mmbackbone'):
+        model = MODELS.build(cfg.model)
+    torch.save({'meta': {'epoch': 1, 'iter': 1},
+                'state_dict': model.state_dict()}, path)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'foreign'])
+def test_test_tool_exits_non_zero_naming_a_bad_checkpoint(tmp_path, damage):
+    ckpt = tmp_path / 'epoch_1.pth'
+    _foreign_checkpoint(ckpt)
+    if damage == 'truncated':
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+        expected = rf'error: checkpoint {ckpt} is truncated or corrupt'
+    else:
+        expected = (rf'error: checkpoint {ckpt} does not fit the model: \d+ '
+                    r'tensors have other shapes')
+    cmd = [PYTHON, str(ROOT / 'tools' / 'test.py'), str(DIGITS_PY),
+           str(ckpt), '--work-dir', str(tmp_path / 'test'), *tiny_options()]
+    result = subprocess.run(cmd, cwd=str(tmp_path), env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert re.search(expected, result.stderr), result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    assert 'Test results' not in result.stdout
+

@@ -333,3 +333,337 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, how):
     # The payload is real: unpickling it unsafely does write the marker.
     torch.load(evil, weights_only=False)
     assert marker.read_text() == 'ran'
+
+
+# ------------------------------------------- training checkpoints, loaded
+def _save_hostile_history_buffer(path, method):
+    """A checkpoint whose HistoryBuffer state carries statistics functions
+    (``method`` is a global torch allows: no code of its own runs)."""
+    import copyreg
+
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    state = {'_log_history': np.array([1.0]), '_count_history': np.array([1]),
+             'max_length': 10,
+             'statistics_methods': {'mean': method, 'min': method}}
+    checkpoint = {'meta': {'epoch': 1, 'iter': 2},
+                  'state_dict': {'w': torch.ones(2)},
+                  'message_hub': {'log_scalars': {'train/loss':
+                                                  HistoryBuffer()},
+                                  'runtime_info': {}, 'resumed_keys': {}}}
+    copyreg.dispatch_table[HistoryBuffer] = lambda buffer: (
+        copyreg.__newobj__, (HistoryBuffer, ), state)
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        del copyreg.dispatch_table[HistoryBuffer]
+
+
+def test_hostile_history_buffer_leaves_the_class_table_alone(tmp_path):
+    from collections import OrderedDict
+
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.engine import read_training_checkpoint
+    evil = tmp_path / 'epoch_1.pth'
+    _save_hostile_history_buffer(evil, OrderedDict)
+    table = dict(HistoryBuffer._statistics_methods)
+    safe = set(map(repr, torch.serialization.get_safe_globals()))
+    with pytest.raises(CheckpointError,
+                       match=rf"checkpoint {evil}: message_hub log scalar "
+                             r"'train/loss' holds \['statistics_methods'\]; "
+                             r'only .* are read'):
+        read_training_checkpoint(evil)
+    (tmp_path / 'last_checkpoint').write_text(str(evil))
+    with pytest.raises(CheckpointError, match='statistics_methods'):
+        train(tmp_path, '--resume')
+    with pytest.raises(CheckpointError, match='statistics_methods'):
+        train(tmp_path / 'w', options=[f'load_from={evil}'])
+    assert HistoryBuffer._statistics_methods == table
+    assert set(map(repr, torch.serialization.get_safe_globals())) == safe
+    # The file is real: allow-listing the class itself (as this library
+    # once did, process-wide) rewrites the table of every buffer.
+    try:
+        from mmbackbone.engine.resume import _numpy_globals
+        with torch.serialization.safe_globals([HistoryBuffer,
+                                               *_numpy_globals()]):
+            torch.load(evil, weights_only=True)
+        assert HistoryBuffer._statistics_methods['mean'] is OrderedDict
+    finally:
+        HistoryBuffer._statistics_methods.clear()
+        HistoryBuffer._statistics_methods.update(table)
+
+
+def test_training_checkpoint_globals_are_never_process_wide(tmp_path):
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.engine import read_training_checkpoint
+    from mmbackbone.engine.resume import training_checkpoint_globals
+    path = tmp_path / 'w.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}}, path)
+    read_training_checkpoint(path)
+    allowed = torch.serialization.get_safe_globals()
+    assert not [g for g in [HistoryBuffer, *training_checkpoint_globals()]
+                if g in allowed]
+    torch.serialization.add_safe_globals([HistoryBuffer])
+    try:
+        with pytest.raises(RuntimeError, match='safe globals hold '
+                                               "mmengine's HistoryBuffer"):
+            read_training_checkpoint(path)
+    finally:
+        torch.serialization._weights_only_unpickler._remove_safe_globals(
+            [HistoryBuffer])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """One finished 1-epoch run with save_best: (work dir, runner)."""
+    from mmengine.registry import DefaultScope
+    work_dir = tmp_path_factory.mktemp('trained')
+    runner = train(work_dir, options=[
+        'train_cfg.max_epochs=1',
+        'default_hooks.checkpoint.save_best=accuracy/top1',
+        'default_hooks.checkpoint.rule=greater'])
+    DefaultScope._instance_dict.clear()
+    return work_dir, runner
+
+
+def _copy_run(trained, tmp_path) -> Path:
+    import shutil
+    work_dir = tmp_path / 'run'
+    shutil.copytree(trained[0], work_dir)
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
+    return work_dir
+
+
+FOREIGN_MODEL = ['model.backbone.base_channels=16',
+                 'model.backbone.stem_channels=16',
+                 'model.head.in_channels=128']
+
+
+@pytest.mark.parametrize('how', ['resume', 'load_from'])
+def test_another_models_checkpoint_is_named_not_loaded(trained, tmp_path,
+                                                       how):
+    from mmbackbone.engine import CheckpointMismatchError
+    ckpt = trained[0] / 'epoch_1.pth'
+    extra = ['--resume', str(ckpt)] if how == 'resume' else []
+    options = FOREIGN_MODEL + ([] if extra else [f'load_from={ckpt}'])
+    with pytest.raises(CheckpointMismatchError,
+                       match=rf'checkpoint {ckpt} does not fit the model: '
+                             r'\d+ tensors have other shapes \(backbone\.'
+                             r'.*in the file.*in the model.*use that config, '
+                             r"or .*prefix='backbone'"):
+        train(tmp_path / 'w', *extra, options=options)
+    assert not list((tmp_path / 'w').glob('*.pth'))
+
+
+def test_missing_and_unexpected_keys_are_listed(trained, tmp_path):
+    from mmbackbone.engine import CheckpointMismatchError
+    state = torch.load(trained[0] / 'epoch_1.pth', weights_only=False)
+    state = dict(state['state_dict'])
+    state.pop('head.fc.bias')
+    state['head.extra'] = torch.zeros(1)
+    path = tmp_path / 'edited.pth'
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(CheckpointMismatchError,
+                       match=rf"checkpoint {path} does not fit the model: "
+                             r"keys 1 missing \('head\.fc\.bias'\); 1 "
+                             r"unexpected \('head\.extra'\)"):
+        train(tmp_path / 'w', options=[f'load_from={path}'])
+
+
+def test_resume_with_another_optimizer_is_named(trained, tmp_path):
+    from mmbackbone.engine import CheckpointMismatchError
+    ckpt = trained[0] / 'epoch_1.pth'
+    with pytest.raises(CheckpointMismatchError,
+                       match=rf"checkpoint {ckpt}: optimizer group 0 lacks "
+                             r"\['amsgrad', 'betas', 'eps'\]: it was written "
+                             r'by another optimizer type'):
+        train(tmp_path / 'w', '--resume', str(ckpt),
+              config=derived_config(tmp_path, """
+                  optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                                       optimizer=dict(type='Adam', lr=1e-3))
+                  """))
+
+
+def test_resume_of_a_weights_only_file_is_named(trained, tmp_path):
+    from mmbackbone.checkpoint import read_state_dict as read
+    weights = tmp_path / 'weights.pth'
+    torch.save(read(trained[0] / 'epoch_1.pth'), weights)
+    with pytest.raises(CheckpointError,
+                       match=rf'--resume: checkpoint {weights} is not a '
+                             r'training checkpoint .* use load_from|'
+                             rf'--resume: checkpoint {weights} is not a '
+                             r'training checkpoint .*load_from'):
+        train(tmp_path / 'w', '--resume', str(weights))
+
+
+def test_resume_never_builds_a_config_from_the_file(trained, tmp_path):
+    """mmengine's resume parses meta['config'] as a Python config (it runs
+    it); ours never reads that key."""
+    from mmbackbone.engine.faults import _portable_history_buffers
+    work_dir = _copy_run(trained, tmp_path)
+    marker = tmp_path / 'ran'
+    ckpt = work_dir / 'epoch_1.pth'
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint['meta']['config'] = f'open({str(marker)!r}, "w")\n'
+    with _portable_history_buffers():
+        torch.save(checkpoint, ckpt)
+    runner = train(work_dir, '--resume', options=['train_cfg.max_epochs=2'])
+    assert runner.epoch == 2 and not marker.exists()
+
+
+def test_resumed_best_path_outside_the_work_dir_is_never_deleted(
+        trained, tmp_path):
+    from mmbackbone.engine.faults import _portable_history_buffers
+    work_dir = _copy_run(trained, tmp_path)
+    victim = tmp_path / 'best_precious.pth'
+    victim.write_bytes(b'keep me')
+    ckpt = work_dir / 'epoch_1.pth'
+    checkpoint = torch.load(ckpt, weights_only=False)
+    info = checkpoint['message_hub']['runtime_info']
+    info['best_ckpt'], info['best_score'] = str(victim), -1.0
+    with _portable_history_buffers():
+        torch.save(checkpoint, ckpt)
+    train(work_dir, '--resume', options=[
+        'train_cfg.max_epochs=2',
+        'default_hooks.checkpoint.save_best=accuracy/top1',
+        'default_hooks.checkpoint.rule=greater'])
+    assert victim.read_bytes() == b'keep me'
+    assert (work_dir / 'best_accuracy_top1_epoch_2.pth').is_file()
+    (work_dir / 'last_checkpoint').write_text(str(ckpt))
+    info['keep_ckpt_ids'] = ['../../x']
+    with _portable_history_buffers():
+        torch.save(checkpoint, ckpt)
+    with pytest.raises(CheckpointError, match=r"keep_ckpt_ids=\['\.\./\.\./x'"
+                                              r'\] is not a list of epoch'):
+        train(work_dir, '--resume')
+
+
+# ----------------------------------------------- best checkpoint, killed
+class _Killed(BaseException):
+    """Stands for SIGKILL: raised at one step of a checkpoint write."""
+
+
+def _loadable(path) -> bool:
+    from mmbackbone.engine import read_training_checkpoint
+    try:
+        return bool(read_training_checkpoint(path)['state_dict'])
+    except (CheckpointError, FileNotFoundError):
+        return False
+
+
+@pytest.mark.parametrize('same_name', [False, True])
+def test_kill_at_any_step_of_a_best_save_keeps_a_loadable_best(
+        trained, tmp_path, monkeypatch, same_name):
+    """Fault at write step k (every k): the disk as a kill then leaves it
+    still holds a loadable best and a loadable last_checkpoint."""
+    import copy
+    import shutil
+
+    from mmengine.fileio.backends import LocalBackend
+
+    from mmbackbone.engine import AtomicCheckpointHook
+    work_dir, runner = trained
+    hook = next(h for h in runner.hooks
+                if isinstance(h, AtomicCheckpointHook))
+    old_best = work_dir / 'best_accuracy_top1_epoch_1.pth'
+    assert _loadable(old_best) and Path(hook.best_ckpt_path) == old_best
+    pristine = tmp_path / 'pristine'
+    shutil.copytree(work_dir, pristine)
+    hook_state = copy.deepcopy({k: v for k, v in hook.__dict__.items()
+                                if k in ('best_ckpt_path', 'keep_ckpt_ids',
+                                         'last_ckpt')})
+    epoch = 1 if same_name else 2
+    new_best = work_dir / f'best_accuracy_top1_epoch_{epoch}.pth'
+    steps, kill_at = [], [None]
+    real = {'put': LocalBackend.put, 'replace': os.replace,
+            'remove': os.remove, 'fsync': os.fsync}
+
+    def step(name, *args):
+        steps.append(name)
+        if len(steps) == kill_at[0]:
+            shutil.copytree(work_dir, tmp_path / f'killed_{len(steps)}')
+            if name == 'put':  # half the bytes reach the disk
+                with open(args[1], 'wb') as f:
+                    f.write(args[0][:len(args[0]) // 2])
+                shutil.rmtree(tmp_path / f'killed_{len(steps)}')
+                shutil.copytree(work_dir, tmp_path / f'killed_{len(steps)}')
+            raise _Killed(name)
+
+    monkeypatch.setattr(LocalBackend, 'put', lambda self, obj, path: (
+        step('put', obj, path), real['put'](self, obj, path))[1])
+    monkeypatch.setattr(os, 'replace', lambda a, b: (
+        step('replace'), real['replace'](a, b))[1])
+    monkeypatch.setattr(os, 'remove', lambda p: (
+        step('remove'), real['remove'](p))[1])
+    monkeypatch.setattr(os, 'fsync', lambda fd: (
+        step('fsync'), real['fsync'](fd))[1])
+
+    def save_best(k):
+        shutil.rmtree(work_dir)
+        shutil.copytree(pristine, work_dir)
+        hook.__dict__.update(copy.deepcopy(hook_state))
+        runner.message_hub.update_info('best_score', 0.0)
+        runner.message_hub.update_info('best_ckpt', str(old_best))
+        runner.train_loop._epoch = epoch
+        steps.clear()
+        kill_at[0] = k
+        try:
+            hook._save_best_checkpoint(runner, {'accuracy/top1': 99.0})
+        except _Killed:
+            return True
+        return False
+
+    try:
+        k = 1
+        while save_best(k):
+            disk = tmp_path / f'killed_{k}'
+            bests = sorted(disk.glob('best_*.pth'))
+            assert [b for b in bests if _loadable(b)], (k, steps, bests)
+            last = Path((disk / 'last_checkpoint').read_text().strip())
+            assert _loadable(disk / last.name), (k, steps)
+            k += 1
+        kinds = set(steps)
+        assert {'put', 'replace', 'fsync'} <= kinds and k > 6, steps
+        if not same_name:
+            assert 'remove' in kinds
+        assert _loadable(new_best)
+        assert sorted(p.name for p in work_dir.glob('best_*')) == [
+            new_best.name]
+        assert not list(work_dir.glob('*.part'))
+    finally:
+        monkeypatch.undo()
+        shutil.rmtree(work_dir)
+        shutil.copytree(pristine, work_dir)
+        hook.__dict__.update(copy.deepcopy(hook_state))
+        runner.train_loop._epoch = 1
+
+
+def test_published_checkpoint_is_named_by_its_sha256(trained, tmp_path,
+                                                     monkeypatch):
+    import hashlib
+
+    from mmbackbone.engine import AtomicCheckpointHook
+    work_dir, runner = trained
+    hook = next(h for h in runner.hooks
+                if isinstance(h, AtomicCheckpointHook))
+    source = tmp_path / 'epoch_1.pth'
+    source.write_bytes((work_dir / 'epoch_1.pth').read_bytes())
+    monkeypatch.setattr(hook, 'published_keys', ['meta', 'state_dict'])
+
+    def failing_replace(src, dst):
+        raise OSError(28, 'No space left on device')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, 'replace', failing_replace)
+        with pytest.raises(OSError, match='No space'):
+            hook._publish_model(runner, str(source))
+    assert sorted(os.listdir(tmp_path)) == ['epoch_1.pth']
+    hook._publish_model(runner, str(source))
+    published = [p for p in tmp_path.iterdir() if p.name != 'epoch_1.pth']
+    assert len(published) == 1, published
+    sha = hashlib.sha256(published[0].read_bytes()).hexdigest()
+    assert published[0].name == f'epoch_1-{sha[:8]}.pth'
+    assert sorted(torch.load(published[0], weights_only=True)) == [
+        'meta', 'state_dict']

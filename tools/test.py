@@ -8,7 +8,10 @@ Usage::
 Prints the metrics of ``test_evaluator`` (top-1 / top-5 accuracy for the
 classification configs). The checkpoint is read with torch's
 ``weights_only=True`` plus the few non-tensor types mmengine training
-checkpoints carry (see :mod:`mmbackbone.engine.runtime`).
+checkpoints carry, for this read only, and its weights must fit the
+config's model exactly (:mod:`mmbackbone.engine.resume`): a truncated,
+corrupt or foreign checkpoint exits with status 1 and a message naming it,
+never with the metrics of a partly loaded model.
 """
 import argparse
 import os
@@ -43,9 +46,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     import mmbackbone.datasets  # noqa: F401
     import mmbackbone.evaluation  # noqa: F401
     from mmbackbone.apis import check_config_types
-    from mmbackbone.engine import (allow_checkpoint_globals,
-                                   init_cpu_distributed, load_config)
-    from mmengine.runner import Runner
+    from mmbackbone.engine import init_cpu_distributed, load_config
+    from mmbackbone.engine.resume import read_training_checkpoint
+    from mmbackbone.engine.runner import build_runner
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
     cfg = load_config(args.config, args.cfg_options)
@@ -63,9 +66,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
                              f'tools/test.py needs test_dataloader, '
                              f'test_evaluator and test_cfg')
     check_config_types(cfg.to_dict())
-    allow_checkpoint_globals()
+    # a damaged or unsafe file fails before the Runner writes its log
+    read_training_checkpoint(args.checkpoint, what='checkpoint')
     init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)  # SafeLoadRunner: strict, checked load
     metrics = runner.test()
     if runner.rank == 0:
         print('=' * 72, flush=True)
@@ -79,4 +83,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    from mmbackbone.checkpoint import CheckpointError
+    try:
+        main(sys.argv[1:])
+    except (CheckpointError, FileNotFoundError) as err:
+        # the message names the file and the fix; a traceback adds nothing
+        raise SystemExit(f'error: {err}') from None

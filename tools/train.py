@@ -13,6 +13,11 @@ Configs are ``.py`` files (mmengine) or ``.yaml``/``.yml`` files (read with
 ``yaml.safe_load``). Every ``type`` in the final config must be a
 registered name: dotted import paths such as ``'os.system'`` are refused
 before anything is built.
+
+Checkpoints (``--resume``, ``load_from``) are read with
+``weights_only=True`` and must fit the built model and optimizer exactly
+(:class:`mmbackbone.engine.runner.SafeLoadRunner`); a file that does not
+stops the run with an error naming it (exit status 1).
 """
 import argparse
 import os
@@ -101,16 +106,14 @@ def main(argv: Optional[List[str]] = None):
     import mmbackbone  # noqa: F401  (registers models)
     import mmbackbone.datasets  # noqa: F401
     import mmbackbone.evaluation  # noqa: F401
-    from mmbackbone.engine import (allow_checkpoint_globals,
-                                   init_cpu_distributed)
-    from mmengine.runner import Runner
-    cfg = build_config(args)
-    allow_checkpoint_globals()
-    init_cpu_distributed(cfg)
+    from mmbackbone.engine import init_cpu_distributed
     from mmbackbone.engine.faults import preflight_checks
+    from mmbackbone.engine.runner import build_runner
+    cfg = build_config(args)
+    init_cpu_distributed(cfg)
     preflight_checks(cfg)  # work dir, resume file: before the Runner exists
     start = time.time()
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)  # SafeLoadRunner: checked checkpoint loads
     runner.train()
     elapsed = time.time() - start
     if runner.rank == 0:
@@ -132,4 +135,9 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    from mmbackbone.checkpoint import CheckpointError
+    try:
+        main(sys.argv[1:])
+    except (CheckpointError, FileNotFoundError) as err:
+        # the message names the file and the fix; a traceback adds nothing
+        raise SystemExit(f'error: {err}') from None

@@ -14,6 +14,10 @@ real runs, and each has a guard here:
   then points ``last_checkpoint`` at it the same way, and only then
   deletes checkpoints beyond ``max_keep_ckpts``. Whenever the process
   dies, ``last_checkpoint`` names a complete file and ``--resume`` works.
+  The best checkpoint (``save_best``) is written the same way and the
+  previous best is deleted only once the new one is complete (mmengine
+  deletes it first); published checkpoints (``published_keys``) are
+  written to ``.part`` and renamed too.
 * **A work dir that cannot hold the run.** :func:`check_work_dir` (called
   by ``tools/train.py`` before the Runner is built, since the Runner
   itself writes logs there) creates the directory, writes and deletes a
@@ -28,7 +32,9 @@ real runs, and each has a guard here:
 
 :func:`harden_training_config` adds the three to a config that lacks them
 (``tools/train.py`` calls it), so a config with mmengine's plain
-``CheckpointHook`` still gets atomic saves.
+``CheckpointHook`` still gets atomic saves, and sets ``runner_type`` to
+:class:`~mmbackbone.engine.runner.SafeLoadRunner`, which checks every
+checkpoint it loads.
 
 Example:
     >>> from mmengine.config import Config
@@ -39,9 +45,12 @@ Example:
     'AtomicCheckpointHook'
     >>> sorted(h['type'] for h in cfg.custom_hooks)
     ['NonFiniteLossHook', 'WorkDirCheckHook']
+    >>> cfg.runner_type
+    'SafeLoadRunner'
 """
 import contextlib
 import copyreg
+import hashlib
 import math
 import os
 import os.path as osp
@@ -111,6 +120,14 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def _is_local(path: str) -> bool:
     return '://' not in str(path)
+
+
+def _inside(directory: str, path: Any, prefix: str = '') -> bool:
+    """``path`` is a file directly in ``directory`` named ``prefix*``."""
+    if not isinstance(path, str) or not _is_local(path):
+        return False
+    return (osp.dirname(osp.abspath(path)) == osp.abspath(directory)
+            and osp.basename(path).startswith(prefix))
 
 
 def _reduce_history_buffer(buffer):
@@ -199,6 +216,151 @@ class AtomicCheckpointHook(CheckpointHook):
     def before_train(self, runner) -> None:
         make_save_atomic(runner)
         super().before_train(runner)
+        self._forget_foreign_best(runner)
+
+    def _forget_foreign_best(self, runner) -> None:
+        """Never delete a "previous best" outside ``out_dir``.
+
+        The best path comes from the resumed checkpoint's message hub; one
+        elsewhere (a moved work dir, or a crafted file) is kept on disk
+        and no longer tracked, with a warning.
+        """
+        if not self.save_best or not _is_local(self.out_dir):
+            return
+        paths = (self.best_ckpt_path_dict if len(self.key_indicators) > 1
+                 else {None: self.best_ckpt_path})
+        for key, path in list(paths.items()):
+            if path is None or _inside(self.out_dir, path, 'best_'):
+                continue
+            runner.logger.warning(
+                f'the resumed checkpoint names {path!r} as the best '
+                f'checkpoint, which is not a best_* file in {self.out_dir!r}; '
+                f'it will not be deleted when a better one is saved')
+            if key is None:
+                self.best_ckpt_path = None
+            else:
+                self.best_ckpt_path_dict[key] = None
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine 0.10's ``_save_best_checkpoint``, new best first.
+
+        mmengine removes the previous best before it writes the new one;
+        here the new one is written (atomically, see
+        :func:`make_save_atomic`) and only then is the previous one removed
+        (``os.replace`` covers a new best of the same name).
+        """
+        from mmengine.dist import is_main_process
+        if not self.save_best:
+            return
+        make_save_atomic(runner)
+        if self.by_epoch:
+            ckpt_filename = self.filename_tmpl.format(runner.epoch)
+            cur_type, cur_time = 'epoch', runner.epoch
+        else:
+            ckpt_filename = self.filename_tmpl.format(runner.iter)
+            cur_type, cur_time = 'iter', runner.iter
+        meta = dict(epoch=runner.epoch, iter=runner.iter)
+        if 'auto' in self.key_indicators:
+            self._init_rule(self.rules, [list(metrics.keys())[0]])
+        single = len(self.key_indicators) == 1
+        best_ckpt_updated = False
+        for key_indicator, rule in zip(self.key_indicators, self.rules):
+            key_score = metrics[key_indicator]
+            if single:
+                best_score_key, runtime_key = 'best_score', 'best_ckpt'
+                previous = self.best_ckpt_path
+            else:
+                best_score_key = f'best_score_{key_indicator}'
+                runtime_key = f'best_ckpt_{key_indicator}'
+                previous = self.best_ckpt_path_dict[key_indicator]
+            if best_score_key not in runner.message_hub.runtime_info:
+                best_score = self.init_value_map[rule]
+            else:
+                best_score = runner.message_hub.get_info(best_score_key)
+            if key_score is None or not self.is_better_than[key_indicator](
+                    key_score, best_score):
+                continue
+            best_ckpt_updated = True
+            best_score = key_score
+            runner.message_hub.update_info(best_score_key, best_score)
+            best_ckpt_name = f'best_{key_indicator}_{ckpt_filename}'
+            best_ckpt_name = best_ckpt_name.replace('/', '_')
+            best_path = self.file_backend.join_path(self.out_dir,
+                                                    best_ckpt_name)
+            if single:
+                self.best_ckpt_path = best_path
+            else:
+                self.best_ckpt_path_dict[key_indicator] = best_path
+            runner.message_hub.update_info(runtime_key, best_path)
+            runner.save_checkpoint(
+                self.out_dir, filename=best_ckpt_name,
+                file_client_args=self.file_client_args,
+                save_optimizer=False, save_param_scheduler=False, meta=meta,
+                by_epoch=False, backend_args=self.backend_args)
+            runner.logger.info(
+                f'The best checkpoint with {best_score:0.4f} {key_indicator} '
+                f'at {cur_time} {cur_type} is saved to {best_ckpt_name}.')
+            if previous and previous != best_path and is_main_process():
+                # only now that the new best is complete on disk
+                if self.file_backend.isfile(previous):
+                    self.file_backend.remove(previous)
+                elif self.file_backend.isdir(previous):
+                    self.file_backend.rmtree(previous)
+                else:
+                    continue
+                runner.logger.info(f'The previous best checkpoint '
+                                   f'{previous} is removed')
+        # as mmengine: save the latest again so that its message hub names
+        # the new best
+        if best_ckpt_updated and self.last_ckpt is not None:
+            self._save_checkpoint_with_step(runner, cur_time, meta)
+
+    def _publish_model(self, runner, ckpt_path: str) -> None:
+        """Write ``<name>-<sha256[:8]>.pth`` with ``published_keys`` only.
+
+        As mmengine's, but the checkpoint is read with
+        :func:`~mmbackbone.engine.resume.read_training_checkpoint`, written
+        by the main process only, to ``.part`` and renamed, and the hash in
+        the name is the published file's sha256 (``sha256sum`` agrees;
+        mmengine hashes the pickle in memory instead).
+        """
+        import torch
+        from mmengine.dist import is_main_process
+
+        from mmbackbone.engine.resume import read_training_checkpoint
+        if not is_main_process():
+            return
+        if not _is_local(ckpt_path):
+            return super()._publish_model(runner, ckpt_path)
+        checkpoint = read_training_checkpoint(ckpt_path,
+                                              what='published_keys')
+        removed = [k for k in checkpoint if k not in self.published_keys]
+        for key in removed:
+            checkpoint.pop(key)
+        if removed:
+            runner.logger.info(
+                f'Key {removed} will be removed because they are not found '
+                f'in published_keys. If you want to keep them, please set '
+                f'`{removed}` in published_keys')
+        stem = osp.splitext(ckpt_path)[0]
+        part = f'{stem}.publish{PART_SUFFIX}'
+        try:
+            with _portable_history_buffers():
+                torch.save(checkpoint, part)
+            _fsync_file(part)
+            digest = hashlib.sha256()
+            with open(part, 'rb') as f:
+                for chunk in iter(lambda: f.read(2**20), b''):
+                    digest.update(chunk)
+            final = f'{stem}-{digest.hexdigest()[:8]}.pth'
+            os.replace(part, final)
+        except BaseException:
+            if osp.exists(part):
+                os.remove(part)
+            raise
+        _fsync_dir(osp.dirname(osp.abspath(final)))
+        runner.logger.info(
+            f'The checkpoint ({ckpt_path}) is published to {final}.')
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         from mmengine.dist import is_main_process
@@ -308,21 +470,21 @@ def resume_checkpoint_path(cfg) -> Optional[str]:
 def check_resume_checkpoint(cfg) -> None:
     """Read the checkpoint the run will load, safely, before the Runner.
 
-    mmengine's own loading calls ``torch.load`` whose errors do not name
-    the file; here a missing, truncated, corrupt or unsafe file fails first
-    with :class:`~mmbackbone.checkpoint.CheckpointError` (or
-    ``UnsafeCheckpointError``, ``FileNotFoundError``) naming it. Nothing in
-    the file is run (``weights_only=True``).
+    A missing, truncated, corrupt, unsafe or malformed file fails here,
+    before the Runner writes anything to the work dir, with
+    :class:`~mmbackbone.checkpoint.CheckpointError` (or
+    ``UnsafeCheckpointError``, ``FileNotFoundError``) naming it. It is read
+    as the Runner will read it
+    (:func:`~mmbackbone.engine.resume.read_training_checkpoint`); whether
+    it fits the model is checked once the model is built.
     """
     path = resume_checkpoint_path(cfg)
     if path is None:
         return
-    from mmbackbone.checkpoint import read_state_dict
-    what = 'load_from' if cfg.get('load_from') else 'last_checkpoint'
-    try:
-        read_state_dict(path)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f'{what}: {err}') from None
+    from mmbackbone.engine.resume import read_training_checkpoint
+    what = ('--resume' if cfg.get('resume') else 'load_from') if cfg.get(
+        'load_from') else 'last_checkpoint'
+    read_training_checkpoint(path, what=what)
 
 
 def preflight_checks(cfg) -> None:
@@ -471,7 +633,9 @@ def harden_training_config(cfg):
     * ``default_hooks.checkpoint`` of type ``CheckpointHook`` becomes
       :class:`AtomicCheckpointHook` (same arguments);
     * :class:`WorkDirCheckHook` and :class:`NonFiniteLossHook` are added to
-      ``custom_hooks`` unless present.
+      ``custom_hooks`` unless present;
+    * ``runner_type`` becomes ``'SafeLoadRunner'`` (another runner is
+      refused: see :func:`~mmbackbone.engine.runner.use_safe_load_runner`).
     """
     hooks = cfg.get('default_hooks') or {}
     ckpt = hooks.get('checkpoint') if isinstance(hooks, dict) else None
@@ -483,4 +647,5 @@ def harden_training_config(cfg):
         if not _has_hook(cfg, name):
             custom.append(dict(type=name))
     cfg.custom_hooks = custom
-    return cfg
+    from mmbackbone.engine.runner import use_safe_load_runner
+    return use_safe_load_runner(cfg)

@@ -1,10 +1,9 @@
 """What tools/train.py and tools/test.py need around mmengine's Runner.
 
-* :func:`allow_checkpoint_globals`: torch >= 2.6 loads with
-  ``weights_only=True`` by default, and mmengine's resume / ``load_from``
-  call ``torch.load`` without the argument. Training checkpoints hold a
-  few non-tensor types (mmengine's ``HistoryBuffer``, numpy arrays,
-  dtypes and scalars); exactly those are allow-listed, nothing else.
+* Checkpoints: nothing here. The tools read them through
+  :class:`~mmbackbone.engine.runner.SafeLoadRunner`, which allows the few
+  non-tensor types of training checkpoints only while it reads one
+  (:mod:`mmbackbone.engine.resume`); no global is allowed process-wide.
 * :func:`init_cpu_distributed`: mmengine's ``init_dist`` selects a CUDA
   device, which fails on CPU-only machines; here the process group is
   started directly (gloo) so ``torchrun ... --launcher pytorch`` trains
@@ -13,27 +12,10 @@
 import os
 import subprocess
 import warnings
-from typing import Any, List
 
-import torch
 import torch.distributed as dist
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
-
-
-def allowed_checkpoint_globals() -> List[Any]:
-    """The non-tensor types inside mmengine training checkpoints."""
-    from mmbackbone.checkpoint.io import allowed_globals
-    return list(allowed_globals())
-
-
-def allow_checkpoint_globals() -> None:
-    """Let ``torch.load(weights_only=True)`` read training checkpoints.
-
-    Adds exactly :func:`allowed_checkpoint_globals` to torch's safe
-    globals; ``weights_only`` stays on, so any other global still fails.
-    """
-    torch.serialization.add_safe_globals(allowed_checkpoint_globals())
 
 
 def _accelerator_available() -> bool:
