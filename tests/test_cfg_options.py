@@ -75,3 +75,18 @@ literals = st.recursive(
 @given(literals)
 def test_fuzz_repr_round_trips(value):
     assert parse_options([f'k={value!r}']) == {'k': value}
+
+
+@pytest.mark.parametrize('tool', ['tools/train.py', 'tools/test.py'])
+def test_tools_read_dict_options_into_the_config(tool):
+    from helpers_train import DIGITS_PY, load_tool
+    module = load_tool(tool)
+    extra = ['ckpt.pth'] if tool.endswith('test.py') else []
+    args = module.parse_args([str(DIGITS_PY), *extra, '--cfg-options',
+                              "model.backbone.init_cfg=dict(type='Pretrained',"
+                              " checkpoint='r18.pth', prefix='backbone')"])
+    assert args.allow_python_bases is False
+    from mmbackbone.engine import load_config
+    cfg = load_config(args.config, args.cfg_options)
+    assert cfg.model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint='r18.pth', prefix='backbone')

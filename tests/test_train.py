@@ -125,8 +125,11 @@ def test_yaml_inheritance_and_errors(tmp_path):
     assert cfg.optim == dict(lr=0.01)
     (tmp_path / 'py_child.yaml').write_text(
         f'_base_: [{DIGITS_PY}]\ntrain_cfg: {{max_epochs: 3}}\n')
+    with pytest.raises(UnsafeConfigError, match='allow_python_bases'):
+        load_config(tmp_path / 'py_child.yaml')
     mixed = load_config(tmp_path / 'py_child.yaml',
-                        {'model.backbone.out_indices': (3, )})
+                        {'model.backbone.out_indices': (3, )},
+                        allow_python_bases=True)
     assert mixed.train_cfg.max_epochs == 3
     assert mixed.train_cfg.val_interval == 1
     assert mixed.model.backbone.out_indices == [3]  # YAML keeps lists

@@ -21,14 +21,13 @@ from typing import List, Optional
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from mmbackbone.engine.options import add_config_arguments
     parser = argparse.ArgumentParser(
         description='Test a checkpoint (mmengine Runner, scope mmbackbone)')
     parser.add_argument('config', help='config file (.py, .yaml or .yml)')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the test log goes')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        metavar='KEY=VALUE', help='override config entries')
+    add_config_arguments(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -51,7 +50,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from mmbackbone.engine.runner import build_runner
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options,
+                      allow_python_bases=args.allow_python_bases)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

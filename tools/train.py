@@ -28,7 +28,7 @@ from typing import List, Optional
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from mmbackbone.engine.options import add_config_arguments
     parser = argparse.ArgumentParser(
         description='Train a model (mmengine Runner, scope mmbackbone)')
     parser.add_argument('config', help='config file (.py, .yaml or .yml)')
@@ -40,11 +40,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (AmpOptimWrapper; needs a GPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        metavar='KEY=VALUE',
-                        help='override config entries, e.g. '
-                        'train_cfg.max_epochs=2 '
-                        'optim_wrapper.optimizer.lr=0.05')
+    add_config_arguments(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher for distributed '
                         'training (torchrun: pytorch)')
@@ -60,7 +56,8 @@ def build_config(args: argparse.Namespace):
     """Load the config and apply the command line to it."""
     from mmbackbone.apis import check_config_types
     from mmbackbone.engine import load_config
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options,
+                      allow_python_bases=args.allow_python_bases)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -116,3 +116,17 @@ class ConfigOptionsAction(argparse.Action):
         except OptionValueError as err:
             parser.error(str(err))
         setattr(namespace, self.dest, options)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config options every tool that reads a config takes:
+    ``--cfg-options`` and ``--allow-python-bases``."""
+    parser.add_argument('--cfg-options', nargs='+', default=None,
+                        action=ConfigOptionsAction, metavar='KEY=VALUE',
+                        help='override config entries, e.g. '
+                        'train_cfg.max_epochs=2 "model.backbone.init_cfg='
+                        "dict(type='Pretrained', checkpoint='r18.pth')\"; "
+                        'values are literals, never code')
+    parser.add_argument('--allow-python-bases', action='store_true',
+                        help='let a YAML/JSON config inherit from .py '
+                        'configs (they run as Python: trusted files only)')
