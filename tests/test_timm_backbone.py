@@ -357,3 +357,122 @@ def test_init_weights_keeps_timm_weights(resnet18_file):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.init_weights()
     assert_close(model.state_dict(), before, atol=0, rtol=0)
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Empty weight caches, a hub endpoint on a port that refuses
+    connections, no proxy; every connection attempt is recorded."""
+    import socket
+    from types import SimpleNamespace
+
+    from huggingface_hub import constants
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))  # bound, never listening: refuses
+    port = closed.getsockname()[1]
+    net = SimpleNamespace(port=port, hf_cache=tmp_path / 'hf',
+                          torch_home=tmp_path / 'torch', attempts=[],
+                          endpoint=f'http://127.0.0.1:{port}')
+    # huggingface_hub reads these environment variables at import time
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(net.hf_cache))
+    monkeypatch.setattr(constants, 'ENDPOINT', net.endpoint)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('TORCH_HOME', str(net.torch_home))
+    for var in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'http_proxy',
+                'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'all_proxy',
+                'ALL_PROXY'):
+        monkeypatch.delenv(var, raising=False)
+    connect = socket.socket.connect
+
+    def counting_connect(sock, address):
+        net.attempts.append(address)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, 'connect', counting_connect)
+    yield net
+    closed.close()
+
+
+def _hf_cache_file(cache, repo, filename, state_dict):
+    """Lay out a Hugging Face hub cache entry as ``hf download`` does."""
+    from safetensors.torch import save_file
+    folder = cache / ('models--' + repo.replace('/', '--'))
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    (folder / 'refs').mkdir(parents=True)
+    (folder / 'refs' / 'main').write_text(commit)
+    snapshot = folder / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()},
+              str(snapshot / filename))
+    return snapshot / filename
+
+
+def test_pretrained_offline_fails_at_once_naming_what_to_get(no_network,
+                                                             monkeypatch):
+    for features_only in (True, False):
+        with pytest.raises(FileNotFoundError) as info:
+            TIMMBackbone('resnet18', pretrained=True,
+                         features_only=features_only)
+        message = str(info.value)
+        for part in ("TIMMBackbone('resnet18', pretrained=True)",
+                     "'resnet18.a1_in1k'", 'ConnectionRefusedError',
+                     f'{no_network.endpoint}/timm/resnet18.a1_in1k/resolve/'
+                     f'main/model.safetensors', str(no_network.hf_cache),
+                     'checkpoint_path=', 'hf download timm/resnet18.a1_in1k '
+                     'model.safetensors'):
+            assert part in message, (part, message)
+    # one connection attempt per build, not timm's retries
+    assert no_network.attempts == [('127.0.0.1', no_network.port)] * 2
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with pytest.raises(FileNotFoundError, match=r'(?s)resnet18\.a1_in1k.*'
+                       r'HF_HUB_OFFLINE is set.*model\.safetensors'):
+        TIMMBackbone('resnet18', pretrained=True)
+    assert len(no_network.attempts) == 2  # offline mode: no attempt at all
+
+
+def test_pretrained_loads_the_cached_file_offline(no_network):
+    torch.manual_seed(0)
+    raw = randomize_norm_stats(timm.create_model('resnet18')).eval()
+    _hf_cache_file(no_network.hf_cache, 'timm/resnet18.a1_in1k',
+                   'model.safetensors', raw.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    pooled = TIMMBackbone('resnet18', pretrained=True,
+                          features_only=False).eval()
+    maps = TIMMBackbone('resnet18.a1_in1k', pretrained=True,
+                        out_indices=(-1, )).eval()
+    with torch.no_grad():
+        assert_close(pooled(x)[0], raw.forward_head(raw.forward_features(x),
+                                                    pre_logits=True))
+        assert_close(maps(x)[0], raw.forward_features(x))
+    assert no_network.attempts == []
+
+
+def test_pretrained_url_weights_name_the_torch_cache(no_network):
+    url = f'{no_network.endpoint}/weights/r18-0123abcd.pth'
+    overlay = dict(url=url, hf_hub_id='')
+    with pytest.raises(FileNotFoundError) as info:
+        TIMMBackbone('resnet18', pretrained=True, features_only=False,
+                     pretrained_cfg_overlay=overlay)
+    target = no_network.torch_home / 'hub' / 'checkpoints' / \
+        'r18-0123abcd.pth'
+    assert f'download {url}' in str(info.value)
+    assert f'place it at {target}' in str(info.value)
+    assert len(no_network.attempts) == 1
+    torch.manual_seed(0)
+    raw = timm.create_model('resnet18').eval()
+    target.parent.mkdir(parents=True)
+    torch.save(raw.state_dict(), target)
+    model = TIMMBackbone('resnet18', pretrained=True, features_only=False,
+                         pretrained_cfg_overlay=overlay).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(model(x)[0], raw.forward_head(raw.forward_features(x),
+                                                   pre_logits=True))
+    assert len(no_network.attempts) == 1  # the cached file: no network
+
+
+def test_pretrained_without_published_weights_is_named():
+    with pytest.raises(ValueError, match=r"no pretrained weights for "
+                       r"'resnet18'.*list_pretrained"):
+        TIMMBackbone('resnet18', pretrained=True, features_only=False,
+                     pretrained_cfg_overlay=dict(hf_hub_id='', url=''))

@@ -292,3 +292,103 @@ def test_trace_and_onnx_export(tmp_path):
                                    providers=['CPUExecutionProvider'])
     (got, ) = session.run(None, {'x': other.numpy()})
     assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=0)
+
+
+class MarkerNet(TinyNet):
+    """A program whose forward writes a file: what a hostile one can do."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        torch.save(x, self.marker)
+        return self.features(x)
+
+
+def test_given_nr_features_does_not_run_the_program_at_build(tmp_path):
+    marker = tmp_path / 'written_by_forward.pt'
+    path = save_script(MarkerNet(str(marker)), tmp_path / 'marker.pt')
+    model = TorchScriptBackbone(path, nr_features=6, out_stride=2)
+    assert not marker.exists()  # built without running the forward
+    assert model.out_channels == (6, ) and model.out_strides == (2, )
+    assert model.out_features == 6
+    model(torch.rand(1, 3, 8, 8))
+    assert marker.exists()  # the program does write when it runs
+    marker.unlink()
+    built = build_backbone(dict(type='TorchScriptBackbone', path=path,
+                                out_channels=6))
+    assert not marker.exists() and built.out_strides == (None, )
+    TorchScriptBackbone(path)  # no nr_features: the dry run runs it
+    assert marker.exists()
+
+
+def test_given_nr_features_is_checked_on_first_forward(tmp_path):
+    path = save_script(TinyNet(), tmp_path / 'tiny.pt')
+    model = TorchScriptBackbone(path, nr_features=7)
+    with pytest.raises(ValueError, match=r'tiny\.pt returns 6 channels.*'
+                       r'nr_features=7; set nr_features=6'):
+        model(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match='out_stride=4 but the dry run'):
+        TorchScriptBackbone(path, out_stride=4)
+    assert TorchScriptBackbone(path, out_stride=2).out_strides == (2, )
+    with pytest.raises(ValueError, match='out_stride=0'):
+        TorchScriptBackbone(path, nr_features=6, out_stride=0)
+
+
+def test_frozen_stages_all_or_nothing(tmp_path):
+    path = save_script(TinyNet(), tmp_path / 'tiny.pt')
+    frozen = TorchScriptBackbone(path, nr_features=6, frozen_stages='all')
+    assert frozen.frozen_stages == 'all' and frozen.frozen
+    frozen.train()
+    assert not frozen.model.training and not frozen.model.conv.training
+    assert all(not p.requires_grad for p in frozen.parameters())
+    alias = TorchScriptBackbone(path, nr_features=6, frozen=True)
+    assert alias.frozen_stages == 'all'
+    trainable = TorchScriptBackbone(path, nr_features=6, frozen_stages=-1)
+    assert all(p.requires_grad for p in trainable.train().parameters())
+    for stages in (0, 1, 3):
+        with pytest.raises(ValueError, match=rf"frozen_stages={stages}: .*"
+                           r"valid values are -1 .* and 'all'"):
+            TorchScriptBackbone(path, nr_features=6, frozen_stages=stages)
+    for stages in (1.0, True, 'some'):
+        with pytest.raises(TypeError, match=rf'frozen_stages={stages!r}'):
+            TorchScriptBackbone(path, nr_features=6, frozen_stages=stages)
+    with pytest.raises(ValueError, match=r'frozen=True and frozen_stages=2 '
+                       r'disagree'):
+        TorchScriptBackbone(path, nr_features=6, frozen=True, frozen_stages=2)
+
+
+def test_norm_eval_reaches_scripted_norms(tmp_path):
+    torch.manual_seed(0)
+    net = randomize_norm_stats(TinyNet())
+    path = save_script(net, tmp_path / 'tiny.pt')
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        reference = net.eval()(x)
+    model = TorchScriptBackbone(path, nr_features=6, norm_eval=True).train()
+    assert model.model.training and model.model.conv.training
+    assert not model.model.bn.training
+    out = model(x)[0]
+    assert_close(out.detach(), reference)  # running stats, not the batch's
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())  # trains
+    assert TorchScriptBackbone(path, nr_features=6).train().model.bn.training
+    plain = save_script(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()),
+                        tmp_path / 'plain.pt')
+    with pytest.raises(ValueError, match=r'norm_eval=True: TorchScript file '
+                       r'.*plain\.pt has no norm layer'):
+        TorchScriptBackbone(plain, nr_features=4, norm_eval=True)
+    with pytest.raises(TypeError, match="norm_eval='yes'"):
+        TorchScriptBackbone(path, nr_features=6, norm_eval='yes')
+
+
+def test_out_indices_pick_the_one_output(tmp_path):
+    path = save_script(TinyNet(), tmp_path / 'tiny.pt')
+    for indices in (0, -1, (0, ), [-1]):
+        model = TorchScriptBackbone(path, nr_features=6,
+                                    out_indices=indices)
+        assert model.out_indices == (0, )
+        assert len(model(torch.rand(1, 3, 8, 8))) == 1
+    with pytest.raises(ValueError, match='out_indices'):
+        TorchScriptBackbone(path, nr_features=6, out_indices=(1, ))

@@ -13,8 +13,13 @@ timm is imported when the class is built, never when mmbackbone is.
 import logging
 import os
 import re
+import socket
+import urllib.parse
+import urllib.request
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -55,6 +60,143 @@ def check_model_name(timm, model_name) -> None:
     hint = closest(base, timm.list_models()) or (
         " See timm.list_models('*pattern*') for the names.")
     raise KeyError(f'model_name={model_name!r} is not a timm model.{hint}')
+
+
+#: Seconds the one connection attempt before a timm download may take.
+CONNECT_TIMEOUT = 5.0
+
+
+@dataclass
+class TimmWeights:
+    """Where timm gets a model's pretrained weights, and where they are
+    cached (what :func:`timm_weights_source` reads from timm's config)."""
+
+    model_name: str  #: as given to TIMMBackbone
+    name: str  #: timm's full weights name, ``'resnet18.a1_in1k'``
+    urls: List[str]  #: download URLs, in the order timm tries them
+    cache: Path  #: the cache folder (HF hub cache, or torch hub's)
+    cached: Optional[Path]  #: the cached file, if there is one
+    custom_load: bool  #: a model-specific format (``.npz``, ...)
+    repo_file: Optional[Tuple[str, str]] = None  #: HF (repo id, file)
+
+    def where_to_put_it(self) -> str:
+        if self.repo_file is None:
+            target = self.cache / Path(urllib.parse.urlsplit(
+                self.urls[0]).path).name
+            return f'place it at {target}'
+        repo, filename = self.repo_file
+        return (f'put it in the Hugging Face cache {self.cache} (`hf '
+                f'download {repo} {filename} --cache-dir {self.cache}`)')
+
+
+def _hf_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now."""
+    from huggingface_hub import constants
+    value = (os.environ.get('HF_HUB_OFFLINE')
+             or os.environ.get('TRANSFORMERS_OFFLINE') or '')
+    return bool(constants.HF_HUB_OFFLINE) or \
+        value.strip().upper() in ('1', 'ON', 'YES', 'TRUE')
+
+
+def unreachable(url: str, timeout: float = CONNECT_TIMEOUT
+                ) -> Optional[str]:
+    """Why ``url``'s server cannot be reached, or None when it can.
+
+    One TCP connection attempt (to the proxy, where the environment sets
+    one for the URL), so that an offline machine fails in at most
+    ``timeout`` seconds instead of going through a client's retries.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ''
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlsplit(proxy if '://' in proxy
+                                        else 'http://' + proxy)
+        host, port = proxied.hostname or '', proxied.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f'cannot connect to {host}:{port}: {type(err).__name__}: {err}'
+
+
+def _safe_alternatives(filename: str) -> List[str]:
+    """The safetensors files timm tries before ``filename`` on the hub."""
+    if filename.endswith('.safetensors'):
+        return []
+    if filename == 'pytorch_model.bin':
+        return ['model.safetensors']
+    if filename == 'open_clip_pytorch_model.bin':
+        return ['open_clip_model.safetensors']
+    return [filename[:-4] + '.safetensors'] if filename.endswith('.bin') \
+        else []
+
+
+def timm_weights_source(model_name: str, kwargs: dict
+                        ) -> Optional[TimmWeights]:
+    """Resolve ``timm.create_model(model_name, pretrained=True, **kwargs)``'s
+    weights source the way timm does, without touching the network.
+
+    Returns None where timm loads from a local file or a state dict given
+    in ``pretrained_cfg``/``pretrained_cfg_overlay`` (nothing to download).
+
+    Raises:
+        ValueError: timm has no pretrained weights for the model.
+    """
+    import torch.hub
+    from timm.models import resolve_pretrained_cfg, split_model_name_tag
+    from timm.models._builder import _resolve_pretrained_source
+    arch, tag = split_model_name_tag(model_name)
+    cfg = resolve_pretrained_cfg(
+        arch, pretrained_cfg=kwargs.get('pretrained_cfg') or tag or None,
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')
+    ).to_dict()
+    name = cfg.get('architecture') or arch
+    name += f".{cfg['tag']}" if cfg.get('tag') else ''
+    load_from, location = _resolve_pretrained_source(cfg)
+    if load_from in ('file', 'state_dict', 'local-dir'):
+        return None
+    custom_load = bool(cfg.get('custom_load'))
+    cache_dir = kwargs.get('cache_dir')
+    if load_from == 'url':
+        cache = Path(cache_dir or Path(torch.hub.get_dir()) / 'checkpoints')
+        target = cache / Path(urllib.parse.urlsplit(location).path).name
+        return TimmWeights(model_name, name, [location], cache,
+                           target if target.is_file() else None, custom_load)
+    if load_from != 'hf-hub':
+        raise ValueError(
+            f'pretrained=True: timm has no pretrained weights for '
+            f'{model_name!r}; pick a tagged name from timm.list_pretrained('
+            f"'{arch}*') or give a weights file as checkpoint_path")
+    from huggingface_hub import constants, try_to_load_from_cache
+    repo, filename = (location if isinstance(location, (tuple, list))
+                      else (location, 'pytorch_model.bin'))
+    repo, _, revision = repo.partition('@')
+    revision = revision or None
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    files = _safe_alternatives(filename) + [filename]
+    cached = None
+    for file in files:
+        found = try_to_load_from_cache(repo, file, cache_dir=str(cache),
+                                       revision=revision)
+        if isinstance(found, str) and os.path.isfile(found):
+            cached = Path(found)
+            break
+    urls = [f'{constants.ENDPOINT}/{repo}/resolve/{revision or "main"}/'
+            f'{file}' for file in files]
+    return TimmWeights(model_name, name, urls, cache, cached, custom_load,
+                       (repo, files[0]))
+
+
+def weights_not_found(source: TimmWeights, reason: str) -> FileNotFoundError:
+    """The error for timm weights that are neither cached nor reachable."""
+    return FileNotFoundError(
+        f'TIMMBackbone({source.model_name!r}, pretrained=True): timm weights '
+        f'{source.name!r} are not in the cache {source.cache} and cannot be '
+        f'downloaded ({reason}). On a machine with network access download '
+        f'{source.urls[0]}, then pass the file as checkpoint_path=... or '
+        f'{source.where_to_put_it()}')
 
 
 def timm_key_candidates(key: str) -> List[str]:
@@ -129,7 +271,12 @@ class TIMMBackbone(BaseBackbone):
       loads whether ``pretrained`` is True or False. The file is read
       with ``weights_only=True``; a key of the features model that the
       file lacks is an error.
-    - ``pretrained=True`` without a path: timm's download (needs network).
+    - ``pretrained=True`` without a path: timm's weights, from the cache
+      (the Hugging Face hub cache, or torch hub's for URL weights) without
+      any network access when they are there, else timm's download. With
+      nothing cached and no network (or ``HF_HUB_OFFLINE=1``), one
+      connection attempt of at most 5 s, then a ``FileNotFoundError``
+      naming the weights, the URL to download and where to put the file.
     - ``init_cfg=dict(type='Pretrained', checkpoint=...)``: mmbackbone's
       loader, at ``init_weights()``; files of ``timm_model.*`` keys
       (ours, mmpretrain's) and of plain timm keys both load.
@@ -303,16 +450,50 @@ class TIMMBackbone(BaseBackbone):
             if not pretrained:
                 return timm.create_model(self.model_name, pretrained=False,
                                          **kwargs)
+            return self._create_pretrained(timm, kwargs)
+        from mmbackbone.checkpoint import resolve_checkpoint
+        return self._create_from_file(timm, resolve_checkpoint(
+            checkpoint_path), kwargs, f'checkpoint_path={checkpoint_path!r}')
+
+    def _create_pretrained(self, timm, kwargs: dict) -> nn.Module:
+        """``pretrained=True``: the cached file, else timm's download after
+        one quick check that its server can be reached."""
+        try:
+            source = timm_weights_source(self.model_name, kwargs)
+        except ImportError:  # another timm layout: let timm do it all
+            source = None
+        if source is not None and source.cached is not None:
+            return self._create_from_file(
+                timm, source.cached, kwargs, f'cached timm weights '
+                f'{source.name!r} ({source.cached})', source.custom_load)
+        if source is not None:
+            hf = source.repo_file is not None
+            reason = ('HF_HUB_OFFLINE is set' if hf and _hf_offline()
+                      else unreachable(source.urls[0]))
+            if reason:
+                raise weights_not_found(source, reason)
+        try:
             with _capture_timm_load_log() as messages:
                 model = timm.create_model(self.model_name, pretrained=True,
                                           **kwargs)
-            self._check_timm_load(model, messages, 'timm pretrained weights')
-            return model
-        from mmbackbone.checkpoint import read_state_dict, resolve_checkpoint
-        path = resolve_checkpoint(checkpoint_path)
-        read_state_dict(path)  # safe read: fails early, naming the file
+        except OSError as err:  # hub and urllib errors are OSErrors
+            if source is None:
+                raise
+            raise weights_not_found(source, f'{type(err).__name__}: '
+                                    f'{str(err)[:300]}') from err
+        self._check_timm_load(model, messages, 'timm pretrained weights')
+        return model
+
+    def _create_from_file(self, timm, path: Path, kwargs: dict, what: str,
+                          custom_load: bool = False) -> nn.Module:
+        """Build the model and load ``path`` through timm's loader."""
+        from mmbackbone.checkpoint import read_state_dict
+        if not custom_load:
+            read_state_dict(path)  # safe read: fails early, naming the file
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {},
                        file=str(path))
+        if custom_load:  # timm's model-specific reader (numpy, no pickle)
+            overlay['custom_load'] = True
         try:
             with _capture_timm_load_log() as messages:
                 model = timm.create_model(self.model_name, pretrained=True,
@@ -321,7 +502,7 @@ class TIMMBackbone(BaseBackbone):
         except RuntimeError as err:
             from mmbackbone.checkpoint import CheckpointError
             raise CheckpointError(
-                f'checkpoint_path={str(path)!r}: timm could not load it into '
+                f'{what}: timm could not load {path} into '
                 f'{self.model_name!r}: {str(err)[:600].rstrip(".")}. '
                 f'checkpoint_path takes '
                 f'plain timm keys; for a file of timm_model.* keys use '

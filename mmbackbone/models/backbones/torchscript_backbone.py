@@ -5,6 +5,11 @@ library (or a custom one) runs without its source. Write one with
 ``tools/build_torchscript_backbone.py``, which also prints the feature
 count to put in the config.
 
+A TorchScript file is a program, not data: loading it runs code stored in
+the file (a scripted ``__setstate__``), and so does every forward. Such
+code can read and write files. Load only files you trust, as you would a
+Python config; the safe-loading guarantees of weights files do not apply.
+
 Mapping of the older YAML model config (``architecture: "jit"``)::
 
     architecture: "jit"          ->  type='TorchScriptBackbone'
@@ -21,10 +26,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
-from .base_backbone import BaseBackbone, FreezablePart
+from mmbackbone.utils import normalize_out_indices
+from .base_backbone import NORM_TYPES, BaseBackbone, FreezablePart
 
 #: Input sizes tried, in order, to infer ``nr_features`` (no input_size).
 DRY_RUN_SIZES = ((64, 64), (224, 224))
@@ -75,6 +81,47 @@ def _size_pair(value, name: str) -> Optional[Tuple[int, int]]:
     return int(pair[0]), int(pair[1])
 
 
+def _norm_class_names() -> set:
+    """Class names of every norm layer type ``norm_eval`` acts on.
+
+    A loaded TorchScript module is a ``RecursiveScriptModule`` whatever it
+    was; its ``original_name`` is the class name it was scripted from.
+    """
+    names, todo = set(), list(NORM_TYPES)
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ not in names:
+            names.add(cls.__name__)
+            todo.extend(cls.__subclasses__())
+    return names
+
+
+def script_norm_layers(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(path, module)`` of the norm layers inside a TorchScript module,
+    recognised by the class name they were scripted from."""
+    names = _norm_class_names()
+    return [(path, sub) for path, sub in module.named_modules()
+            if getattr(sub, 'original_name', type(sub).__name__) in names]
+
+
+def _check_frozen_stages(frozen_stages, frozen: bool):
+    """``frozen_stages`` of a TorchScript program: -1 or ``'all'``."""
+    valid = ("valid values are -1 (train the whole program) and 'all' "
+             "(freeze it; the same as frozen=True)")
+    if frozen_stages != 'all' and (isinstance(frozen_stages, bool)
+                                   or not isinstance(frozen_stages, int)):
+        raise TypeError(f'frozen_stages={frozen_stages!r} must be -1 or '
+                        f"'all'; {valid}")
+    if frozen_stages not in (-1, 'all'):
+        raise ValueError(
+            f'frozen_stages={frozen_stages!r}: the stem and stages of a '
+            f'TorchScript program cannot be told apart in the file, so '
+            f'TorchScriptBackbone cannot freeze some of them; {valid}')
+    if frozen and frozen_stages == -1:
+        return 'all'
+    return frozen_stages
+
+
 def _feature_count(nr_features, out_channels) -> Optional[int]:
     if isinstance(out_channels, Sequence) and len(out_channels) == 1:
         out_channels = out_channels[0]
@@ -94,24 +141,44 @@ def _feature_count(nr_features, out_channels) -> Optional[int]:
 class TorchScriptBackbone(BaseBackbone):
     """A TorchScript file (``torch.jit.save``) as a one-output backbone.
 
+    .. warning::
+        TorchScript files are programs; load only files you trust.
+        Loading one runs code stored in the file (a scripted
+        ``__setstate__``), and so does its forward; that code can read and
+        write files. Give ``nr_features`` so that building the backbone
+        does not also run the forward (see below).
+
     The input is resized to ``input_size`` (bilinear) when given; the
     module's output becomes a one-tuple. A module returning a tuple or
     list gives its last element. A 2-D output ``(N, C)`` (a pooled
     vector) is kept as is and its stride is ``None``.
 
-    ``nr_features`` is the channel count of that output. When it is not
-    given, it is inferred once at construction with a dry run (eval mode,
-    no grad) on a zero image of ``input_size`` or, without one, of 64x64
-    and then 224x224 if the module rejects 64x64; for a map output that
-    dry run also gives ``out_strides`` when no ``input_size`` is set.
-    Otherwise the stride is ``None`` (the file carries no such metadata).
+    ``out_channels`` is known before any forward, in one of two ways:
 
-    Loading a TorchScript file runs the TorchScript program it contains:
-    load files you trust.
+    - ``nr_features`` (or ``out_channels``) given: the file is loaded but
+      its forward is not run at build time. ``out_strides`` is
+      ``(out_stride, )``, ``None`` unless given. The first forward checks
+      that the output has ``nr_features`` channels (a ``ValueError``
+      naming the file otherwise).
+    - not given: construction runs the forward once (a dry run: eval
+      mode, no grad) on a zero image of ``input_size`` or, without one, of
+      64x64 and then 224x224 if the module rejects 64x64, and reads the
+      channels from its output; for a map output without ``input_size``
+      it also gives the stride.
+
+    The contract's knobs, as far as a program allows: ``out_indices`` can
+    only pick the one output (``0`` or ``-1``); ``frozen_stages`` is
+    ``-1`` or ``'all'`` (a program's stem and stages cannot be told apart,
+    so a stage count is an error naming the valid values); ``norm_eval``
+    keeps the program's norm layers (scripted from ``BatchNorm*``,
+    ``GroupNorm``, ``LayerNorm``, ``InstanceNorm*`` or their subclasses) in
+    eval mode, and is an error for a program without such layers.
 
     Args:
-        path (str): the TorchScript file.
-        nr_features (int, optional): output channels (inferred if None).
+        path (str): the TorchScript file. TorchScript files are programs:
+            load only files you trust.
+        nr_features (int, optional): output channels. Given, the forward
+            is not run at build time; None: inferred by a dry run.
         input_size (int | tuple[int, int], optional): resize inputs to
             ``(H, W)`` first.
         frozen (bool): no grad and eval mode after every ``train()``
@@ -120,6 +187,14 @@ class TorchScriptBackbone(BaseBackbone):
             ``Pretrained`` file of ``model.*`` keys overwrites the weights.
         in_channels (int): channels of the dry-run input. Default: 3.
         out_channels (int, optional): alias of ``nr_features``.
+        out_stride (int, optional): stride of the output map, when known
+            (otherwise read by the dry run, or None). Default: None.
+        out_indices (int | Sequence[int]): ``0`` / ``-1`` (the one
+            output). Default: ``(0, )``.
+        frozen_stages (int | str): ``-1`` (nothing) or ``'all'`` (the
+            whole program). Default: -1.
+        norm_eval (bool): keep the program's norm layers in eval mode
+            during training. Default: False.
 
     Example:
         >>> import os, tempfile, torch
@@ -134,6 +209,8 @@ class TorchScriptBackbone(BaseBackbone):
         ((8,), (None,))
         >>> print(tuple(model(torch.rand(2, 3, 64, 48))[0].shape))
         (2, 8)
+        >>> TorchScriptBackbone(path, nr_features=8).out_channels  # no run
+        (8,)
     """
 
     #: The zoo walk skips this type: it needs a file (see its own tests).
@@ -146,7 +223,11 @@ class TorchScriptBackbone(BaseBackbone):
                  frozen: bool = False,
                  init_cfg: Union[dict, List[dict], None] = None,
                  in_channels: int = 3,
-                 out_channels: Optional[int] = None):
+                 out_channels: Optional[int] = None,
+                 out_stride: Optional[int] = None,
+                 out_indices: Union[int, Sequence[int]] = (0, ),
+                 frozen_stages: Union[int, str] = -1,
+                 norm_eval: bool = False):
         super().__init__(init_cfg)
         if not isinstance(path, (str, Path)) or not str(path):
             raise TypeError(f'path={path!r} must be the path of a '
@@ -157,18 +238,44 @@ class TorchScriptBackbone(BaseBackbone):
                 or in_channels < 1:
             raise ValueError(f'in_channels={in_channels!r} must be a '
                              f'positive int')
+        if out_stride is not None and (isinstance(out_stride, bool)
+                                       or not isinstance(out_stride, int)
+                                       or out_stride < 1):
+            raise ValueError(f'out_stride={out_stride!r} must be a positive '
+                             f'int or None (unknown, or not a map)')
+        if frozen and frozen_stages not in (-1, 'all'):
+            raise ValueError(f'frozen=True and frozen_stages='
+                             f'{frozen_stages!r} disagree; give one of them')
+        frozen_stages = _check_frozen_stages(frozen_stages, frozen)
+        if not isinstance(norm_eval, bool):
+            raise TypeError(f'norm_eval={norm_eval!r} must be True or False')
+        normalize_out_indices(out_indices, 1)  # fail before loading
         self.path = str(path)
         self.input_size = _size_pair(input_size, 'input_size')
         self.in_channels = in_channels
-        self.frozen = frozen
+        self.frozen = frozen_stages == 'all'
         channels = _feature_count(nr_features, out_channels)
         self.model = load_torchscript(path)
-        stride = None
-        if channels is None:
-            channels, stride = self._dry_run()
+        if norm_eval and not script_norm_layers(self.model):
+            raise ValueError(
+                f'norm_eval=True: TorchScript file {self.path} has no norm '
+                f'layer modules (scripted from BatchNorm*, GroupNorm, '
+                f'LayerNorm, InstanceNorm* or a subclass) to keep in eval '
+                f'mode; use norm_eval=False')
         self.nr_features = channels
-        self._setup_outputs([channels], [stride], (0, ),
-                            'all' if frozen else -1, False)
+        # Given channels are checked on the first forward; the dry run
+        # (the only forward run at build time) checks its own output.
+        self._output_checked = channels is None
+        stride = out_stride
+        if channels is None:
+            channels, found = self._dry_run()
+            self.nr_features = channels
+            if stride is not None and found is not None and found != stride:
+                raise ValueError(f'out_stride={stride} but the dry run of '
+                                 f'{self.path} gives stride {found}')
+            stride = found if stride is None else stride
+        self._setup_outputs([channels], [stride], out_indices,
+                            frozen_stages, norm_eval)
         self._freeze_stages()
 
     def _dry_run(self) -> Tuple[int, Optional[int]]:
@@ -182,19 +289,13 @@ class TorchScriptBackbone(BaseBackbone):
                 x = torch.zeros(1, self.in_channels, *size)
                 try:
                     with torch.no_grad():
-                        out = self.forward(x)[0]
+                        out = self._run(x)
                 except Exception as err:  # the module rejects this size
                     lines = str(err).strip().splitlines() or ['']
                     errors.append(f'{size[0]}x{size[1]}: '
                                   f'{type(err).__name__}: {lines[-1][:200]}')
                     continue
-                if not isinstance(out, Tensor) or out.dim() < 2:
-                    raise TypeError(
-                        f'TorchScript file {self.path} returns '
-                        f'{type(out).__name__} '
-                        f'{tuple(getattr(out, "shape", ()))}; a backbone must '
-                        f'return an (N, C) or (N, C, H, W) tensor (or a '
-                        f'tuple/list ending with one)')
+                self._check_output(out)
                 stride = None
                 if out.dim() == 4 and self.input_size is None and \
                         size[0] % out.shape[-2] == 0:
@@ -206,11 +307,42 @@ class TorchScriptBackbone(BaseBackbone):
                          f'infers nr_features failed ({"; ".join(errors)}); '
                          f'give nr_features (and input_size) in the config')
 
+    def _check_output(self, out) -> None:
+        """Raise if the program's output is not what a backbone returns or
+        has other channels than ``nr_features``."""
+        if not isinstance(out, Tensor) or out.dim() < 2:
+            raise TypeError(
+                f'TorchScript file {self.path} returns '
+                f'{type(out).__name__} '
+                f'{tuple(getattr(out, "shape", ()))}; a backbone must '
+                f'return an (N, C) or (N, C, H, W) tensor (or a '
+                f'tuple/list ending with one)')
+        if self.nr_features is not None and \
+                out.shape[1] != self.nr_features:
+            raise ValueError(
+                f'TorchScript file {self.path} returns {out.shape[1]} '
+                f'channels (output shape {tuple(out.shape)}) but '
+                f'nr_features={self.nr_features}; set nr_features='
+                f'{out.shape[1]}')
+
     def stage_parts(self) -> List[List[FreezablePart]]:
         """One stage: the whole scripted module."""
         return [[self.model]]
 
-    def forward(self, x: Tensor) -> Tuple[Tensor]:
+    def train(self, mode: bool = True) -> 'TorchScriptBackbone':
+        """Set the training mode; ``norm_eval`` reaches the program's norm
+        layers (the base class only sees ``nn`` norm classes).
+
+        Returns:
+            TorchScriptBackbone: ``self``.
+        """
+        super().train(mode)
+        if mode and self.norm_eval:
+            for _, module in script_norm_layers(self.model):
+                module.train(False)
+        return self
+
+    def _run(self, x: Tensor) -> Tensor:
         if self.input_size is not None and \
                 tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode='bilinear',
@@ -218,4 +350,11 @@ class TorchScriptBackbone(BaseBackbone):
         out = self.model(x)
         if isinstance(out, (tuple, list)):
             out = out[-1]
-        return (out, )
+        return out
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        out = self._run(x)
+        if not self._output_checked:
+            self._check_output(out)
+            self._output_checked = True
+        return self._select_outputs([out])
