@@ -94,6 +94,38 @@ def test_loads_mmpretrain_checkpoint_through_init_cfg(tmp_path):
         assert torch.equal(ours.backbone.state_dict()[key], value), key
 
 
+def test_init_cfg_on_the_classifier_loads_through_load_pretrained(tmp_path):
+    """An mmpretrain classifier checkpoint named on the classifier itself
+    (as mmpretrain configs do, here scoped): every tensor loaded, after the
+    parts' own init; a backbone-only file is an error, not a warning."""
+    peer = PRETRAIN_MODELS.build(dict(
+        type='ImageClassifier', backbone=dict(type='ResNet', depth=18),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=512)))
+    path = tmp_path / 'cls.pth'
+    torch.save({'state_dict': peer.state_dict(), 'meta': {'epoch': 1}}, path)
+    ours = r18_classifier(init_cfg=dict(type='mmengine.Pretrained',
+                                        checkpoint=str(path)))
+    ours.init_weights()
+    for key, value in peer.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    backbone_only = tmp_path / 'r18.pth'
+    torch.save(peer.backbone.state_dict(), backbone_only)
+    bad = r18_classifier(init_cfg=dict(type='Pretrained',
+                                       checkpoint=str(backbone_only)))
+    with pytest.raises(ValueError, match='none of its .* keys match '
+                       'ImageClassifier'):
+        bad.init_weights()
+    # the same file into the backbone, through override
+    fine = r18_classifier(init_cfg=dict(
+        type='Normal', layer='Linear', std=0.01, override=dict(
+            type='Pretrained', name='backbone',
+            checkpoint=str(backbone_only))))
+    fine.init_weights()
+    for key, value in peer.backbone.state_dict().items():
+        assert torch.equal(fine.backbone.state_dict()[key], value), key
+
+
 def test_head_width_inferred_from_backbone_and_necks():
     model = r18_classifier(backbone=dict(type='ResNet', depth=18,
                                          out_indices=(0, 1, 2, 3)))

@@ -13,6 +13,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmbackbone.utils import normalize_frozen_stages, normalize_out_indices
+from ..init_cfg import PretrainedRoutingMixin, plan_init_cfg
 
 #: Norm layers that ``norm_eval`` and freezing put in eval mode.
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -20,24 +21,7 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 FreezablePart = Union[nn.Module, nn.Parameter]
 
 
-def _split_pretrained(init_cfg):
-    """Split an init_cfg into (other configs, the ``Pretrained`` config)."""
-    if init_cfg is None:
-        return None, None
-    cfgs = [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg)
-    others, pretrained = [], []
-    for cfg in cfgs:
-        if not isinstance(cfg, dict) or 'type' not in cfg:
-            raise TypeError(f'init_cfg={init_cfg!r}: every entry must be a '
-                            f"dict with a 'type' key")
-        (pretrained if cfg['type'] == 'Pretrained' else others).append(cfg)
-    if len(pretrained) > 1:
-        raise ValueError(f'init_cfg={init_cfg!r} holds {len(pretrained)} '
-                         f"'Pretrained' entries; give at most one")
-    return (others or None), (pretrained[0] if pretrained else None)
-
-
-class BaseBackbone(BaseModule):
+class BaseBackbone(PretrainedRoutingMixin, BaseModule):
     """Base class of all backbones: the knobs shared by every family.
 
     Subclasses build their layers, call :meth:`_setup_outputs`, and
@@ -151,35 +135,12 @@ class BaseBackbone(BaseModule):
         return self
 
     # ----------------------------------------------------- initialisation
-    def init_weights(self) -> None:
-        """Initialise the weights, then load ``init_cfg``'s ``Pretrained``.
-
-        Loading goes through :func:`mmbackbone.checkpoint.load_pretrained`
-        (safe unpickling, key conversion, one summary log line), whichever
-        registry scope built the model.
-        """
-        if self._is_init:
-            return
-        others, pretrained = _split_pretrained(self.init_cfg)
-        full_cfg, self.init_cfg = self.init_cfg, others
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = full_cfg
-        if pretrained is None:
-            self._init_after_random()
-            return
-        from mmbackbone.checkpoint import load_pretrained
-        args = {k: v for k, v in pretrained.items() if k != 'type'}
-        if 'checkpoint' not in args:
-            raise KeyError(f"init_cfg={pretrained!r} has no 'checkpoint'; "
-                           f'give a file path, URL or scheme name')
-        unknown = set(args) - {'checkpoint', 'prefix', 'map_location'}
-        if unknown:
-            raise KeyError(f'init_cfg={pretrained!r}: unknown keys '
-                           f'{sorted(unknown)}; valid keys are checkpoint, '
-                           f'prefix, map_location')
-        load_pretrained(self, args['checkpoint'], prefix=args.get('prefix'))
+    # init_weights (PretrainedRoutingMixin): every init_cfg entry that loads
+    # weights, whatever its spelling ('Pretrained', 'mmengine.Pretrained',
+    # PretrainedInit, inside override=...), goes through
+    # mmbackbone.checkpoint.load_pretrained (safe unpickling, key
+    # conversion, shape checks, one summary log line), whichever registry
+    # scope built the model; see mmbackbone.models.init_cfg.
 
     def adapt_state_dict(self, state_dict):
         """Adapt checkpoint tensors the model knows how to fit.
@@ -219,10 +180,11 @@ class BaseBackbone(BaseModule):
             return
         from mmbackbone.zoo import weights_for
         entry = weights_for(type(self).__name__, arch, pretrained)
-        _, given = _split_pretrained(self.init_cfg)
-        if given is not None:
-            raise ValueError(f'pretrained={pretrained!r} and init_cfg='
-                             f'{given!r} both name weights; give one')
+        given = plan_init_cfg(self.init_cfg, type(self).__name__).loads
+        if given:
+            raise ValueError(f'pretrained={pretrained!r} and '
+                             f'{given[0].where}={self.init_cfg!r} both name '
+                             f'weights; give one')
         self.init_cfg = dict(type='Pretrained',
                              checkpoint=f'mmbackbone://{entry.name}',
                              prefix=entry.prefix)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
 from ..heads.cls_head import make_predictions, stack_targets, to_plain
+from ..init_cfg import PretrainedRoutingMixin
 
 MODES = ('tensor', 'loss', 'predict')
 RETURNTS = ('out', 'features', 'both', 'full')
@@ -58,7 +59,7 @@ def _last(feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
 
 
 @MODELS.register_module()
-class ImageClassifier(BaseModel):
+class ImageClassifier(PretrainedRoutingMixin, BaseModel):
     """A backbone, optional neck(s) and a classification head.
 
     Args:
@@ -74,7 +75,13 @@ class ImageClassifier(BaseModel):
         data_preprocessor (dict | nn.Module, optional): defaults to
             :class:`ClsDataPreprocessor` (a dict without ``type`` configures
             that one, e.g. ``dict(mean=[...], std=[...], to_rgb=True)``).
-        init_cfg (dict, optional): mmengine init config.
+        init_cfg (dict | list, optional): mmengine init config. A
+            ``dict(type='Pretrained', checkpoint=..., prefix=...)`` entry
+            (any spelling, also inside ``override=dict(name='backbone',
+            ...)``) loads through :func:`mmbackbone.checkpoint.
+            load_pretrained` after every other entry and every part's own
+            ``init_cfg``: a file none of whose keys fit is an error, and
+            missing keys are reported.
 
     Input widths are inferred: a neck or head config that leaves out
     ``in_channels`` / ``in_features`` gets the ``out_features`` of the

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+from ..init_cfg import PretrainedRoutingMixin
 
 Features = Union[Tensor, Sequence[Tensor]]
 
@@ -112,7 +113,7 @@ def make_predictions(cls_score: Tensor,
     return out
 
 
-class ClsHead(BaseModule):
+class ClsHead(PretrainedRoutingMixin, BaseModule):
     """Base of the classification heads.
 
     Subclasses set ``in_features``/``out_features`` and implement
@@ -123,7 +124,9 @@ class ClsHead(BaseModule):
         loss (dict | nn.Module): the loss, default cross-entropy.
         topk (int | tuple[int]): the k of the training accuracy.
         cal_acc (bool): add ``accuracy/topK`` (percent) to the loss dict.
-        init_cfg (dict, optional): mmengine init config.
+        init_cfg (dict, optional): mmengine init config; a ``Pretrained``
+            entry (any spelling) loads through
+            :func:`mmbackbone.checkpoint.load_pretrained`.
     """
 
     in_features: int
@@ -213,6 +216,7 @@ class LinearClsHead(ClsHead):
     Example:
         >>> import torch
         >>> from mmbackbone.structures import ClsDataSample
+from ..init_cfg import PretrainedRoutingMixin
         >>> head = LinearClsHead(num_classes=10, in_channels=32)
         >>> tuple(head(torch.rand(2, 32)).shape)
         (2, 10)
