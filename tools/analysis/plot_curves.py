@@ -5,6 +5,8 @@ Usage::
     python tools/analysis/plot_curves.py work_dirs/resnet18_digits
     python tools/analysis/plot_curves.py WORK_DIR --out curves.png \
         --keys loss accuracy/top1
+    python tools/analysis/plot_curves.py work_dirs/demo \
+        --out docs/images/demo_curves.png   # the README's picture
 
 Reads ``scalars.json`` written by mmengine's ``LocalVisBackend``
 (``WORK_DIR/<timestamp>/vis_data/scalars.json``; the newest run, or every
@@ -98,6 +100,7 @@ def plot(work_dir: str, out: Optional[str] = None,
     fig.tight_layout()
     out_path = Path(out) if out else (root if root.is_dir() else
                                       root.parent) / 'curves.png'
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
