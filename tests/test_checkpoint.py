@@ -206,10 +206,13 @@ def _offline(*args, **kwargs):
 def test_cached_url_is_used_without_network(tmp_path, monkeypatch, source):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     monkeypatch.setattr('urllib.request.urlopen', _offline)
-    cache = tmp_path / 'hub' / 'checkpoints'
-    cache.mkdir(parents=True)
-    save_state_dict(source.state_dict(), cache / 'r18-cached.pth')
-    model = init_from('https://example.org/models/r18-cached.pth')
+    from mmbackbone.checkpoint.download import cache_path
+    url = 'https://example.org/models/r18-cached.pth'
+    cached = cache_path(url)
+    assert cached.parent == tmp_path / 'hub' / 'checkpoints'
+    cached.parent.mkdir(parents=True)
+    save_state_dict(source.state_dict(), cached)
+    model = init_from(url)
     assert_same_weights(model, source)
 
 
@@ -264,3 +267,159 @@ def test_build_backbone_tutorial_snippet(tmp_path, source):
     outs = model.eval()(torch.rand(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 128, 256, 512]
     assert_same_weights(model, source)
+
+
+def _hub_checkpoint(path, hub_state, **extra):
+    """A weights file with a message_hub whose buffer pickles with
+    ``hub_state`` (what HistoryBuffer.__setstate__ would receive)."""
+    import copyreg
+
+    from mmengine.logging import HistoryBuffer
+
+    class Buffer:
+        __class__ = property(lambda self: HistoryBuffer)
+
+        def __reduce_ex__(self, protocol):
+            return (copyreg.__newobj__, (HistoryBuffer, ), hub_state)
+
+    torch.save({'state_dict': {'conv1.weight': torch.ones(2)},
+                'message_hub': {'log_scalars': {'loss': Buffer()}},
+                **extra}, path)
+    return path
+
+
+@pytest.mark.parametrize('refused', [False, True])
+@pytest.mark.parametrize('training_globals', [False, True])
+def test_history_buffer_state_changes_no_class_state(tmp_path, refused,
+                                                     training_globals):
+    """A weights file's HistoryBuffer is read as an inert stand-in: the
+    class-level statistics table (and every other class attribute) stays
+    as it was, whether the file loads or is refused, even while the real
+    class is allow-listed process-wide for resuming."""
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.checkpoint import InertValue
+    from mmbackbone.checkpoint.io import _only_weights_globals, allowed_globals
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f'touch {tmp_path / "pwned"}', ))
+
+    HistoryBuffer()
+    before = (dict(HistoryBuffer._statistics_methods), dict(
+        (k, v) for k, v in vars(HistoryBuffer).items()
+        if k != '_statistics_methods'))
+    hostile = {'statistics_methods': {'mean': 'hijacked', 'extra': 'x'},
+               'max_length': -1}
+    path = _hub_checkpoint(tmp_path / 'hub.pth', hostile,
+                           **({'payload': Exploit()} if refused else {}))
+    saved = torch.serialization.get_safe_globals()
+    try:
+        if training_globals:
+            torch.serialization.add_safe_globals(allowed_globals())
+        if refused:
+            with pytest.raises(UnsafeCheckpointError, match=r'hub\.pth'):
+                read_state_dict(path)
+        else:
+            assert list(read_state_dict(path)) == ['conv1.weight']
+            with _only_weights_globals(), open(path, 'rb') as f:
+                buffer = torch.load(f, weights_only=True)[
+                    'message_hub']['log_scalars']['loss']
+            assert isinstance(buffer, InertValue)
+            assert buffer.state == hostile  # kept, not applied
+        after_globals = torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+    assert HistoryBuffer._statistics_methods == before[0]
+    assert {k: v for k, v in vars(HistoryBuffer).items()
+            if k != '_statistics_methods'} == before[1]
+    # the process-wide list is back as it was
+    assert set(map(str, after_globals)) == set(map(str, saved + (
+        allowed_globals() if training_globals else [])))
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_published_meta_loads_as_inert_values(tmp_path, source):
+    """numpy scalars / arrays / dtypes in ``meta`` and a real mmengine
+    message hub do not stop the tensors from loading."""
+    import numpy as np
+    from mmengine.logging import MessageHub
+
+    from mmbackbone.checkpoint import weights_globals
+    hub = MessageHub.get_instance('test_published_meta')
+    hub.update_scalar('train/loss', 1.5)
+    hub.update_scalar('train/lr', np.float64(0.1))
+    path = tmp_path / 'published.pth'
+    torch.save({'state_dict': source.state_dict(),
+                'meta': {'epoch': np.int64(3), 'seed': np.int32(7),
+                         'hist': np.arange(3.0), 'dtype': np.dtype('f2')},
+                'message_hub': hub.state_dict()}, path)
+    assert_same_weights(init_from(path), source)
+    names = {name for _, name in weights_globals()}
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in names
+    assert all(not name.startswith('torch') for name in names)
+
+
+@pytest.mark.parametrize('kind,match', [
+    ('sparse', 'sparse'), ('quantized', 'quantized'),
+    ('complex', 'complex'), ('meta', 'meta-device'),
+    ('stride0', 'stride-0'), ('overlap', 'overlap')])
+@pytest.mark.parametrize('legacy', [False, True])
+def test_unusable_tensors_are_named(tmp_path, kind, match, legacy):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        tensor = {
+            'sparse': lambda: torch.eye(3).to_sparse(),
+            'quantized': lambda: torch.quantize_per_tensor(
+                torch.rand(4), 0.1, 0, torch.qint8),
+            'complex': lambda: torch.zeros(2, dtype=torch.cfloat),
+            'meta': lambda: torch.empty(2**30, device='meta'),
+            'stride0': lambda: torch.zeros(1).expand(2**28),
+            'overlap': lambda: torch.zeros(64).as_strided((32, 32), (1, 1)),
+        }[kind]()
+    path = tmp_path / f'{kind}.safetensors'  # the suffix misleads on purpose
+    torch.save({'layer.w': tensor}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError,
+                       match=rf"{kind}\.safetensors: 'layer\.w'.*{match}"
+                             r'.*(Re-save|re-save)'):
+        read_state_dict(path)
+
+
+def test_zip_that_torch_save_never_writes(tmp_path):
+    import zipfile
+    path = tmp_path / 'deflated.pth'
+    torch.save({'w': torch.zeros(1024)}, path)
+    source = zipfile.ZipFile(path)
+    entries = {n: source.read(n) for n in source.namelist()}
+    source.close()
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(CheckpointError,
+                       match=r"deflated\.pth: zip entry '.*' is compressed"):
+        read_state_dict(path)
+
+
+def test_safetensors_limits_are_named(tmp_path, monkeypatch):
+    import json
+    import struct
+
+    from mmbackbone.checkpoint import limits
+    monkeypatch.setattr(limits, 'MAX_TENSORS', 10)
+    header = json.dumps({f't{i}': {'dtype': 'F32', 'shape': [0],
+                                   'data_offsets': [0, 0]}
+                         for i in range(11)}).encode()
+    path = tmp_path / 'many.safetensors'
+    path.write_bytes(struct.pack('<Q', len(header)) + header)
+    with pytest.raises(CheckpointError, match=r'many\.safetensors declares '
+                                              r'11 tensors.*MAX_TENSORS=10'):
+        read_state_dict(path)
+    deep = b'{"a":' + b'[' * 5000 + b']' * 5000 + b'}'
+    path = tmp_path / 'deep.pth'  # safetensors bytes, .pth name
+    path.write_bytes(struct.pack('<Q', len(deep)) + deep)
+    with pytest.raises(CheckpointError, match=r'deep\.pth.*nests 5001 '
+                                              r'levels.*MAX_HEADER_NESTING'):
+        read_state_dict(path)

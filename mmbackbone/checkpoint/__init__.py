@@ -14,10 +14,11 @@ Example:
     True
 """
 from .convert import register_converter
-from .io import CheckpointError, UnsafeCheckpointError, read_state_dict
+from .io import (CheckpointError, InertValue, UnsafeCheckpointError,
+                 read_state_dict, weights_globals)
 from .loader import LoadReport, load_pretrained
 from .resolve import resolve_checkpoint
 
 __all__ = ['load_pretrained', 'LoadReport', 'read_state_dict',
            'resolve_checkpoint', 'register_converter', 'CheckpointError',
-           'UnsafeCheckpointError']
+           'UnsafeCheckpointError', 'InertValue', 'weights_globals']

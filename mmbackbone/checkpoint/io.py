@@ -1,18 +1,25 @@
 """Read a checkpoint file into a flat ``{key: Tensor}`` dict, safely.
 
-Pickled files go through ``torch.load(weights_only=True)``; safetensors
-through the safetensors library. Nothing in a file can run code: a file
-that needs other globals fails with :class:`UnsafeCheckpointError`.
+Pickled files go through ``torch.load(weights_only=True)`` with the
+minimum of globals (:func:`weights_globals`); safetensors through the
+safetensors library after its header is bounded. Nothing in a file can
+run code or change state outside the objects it builds: a file that
+needs other globals fails with :class:`UnsafeCheckpointError`, and what
+a file declares is checked against its size before anything is allocated
+(:mod:`mmbackbone.checkpoint.limits`).
 """
-import json
+import io
 import pickle
-import struct
+import threading
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, List, Union
 
 import torch
+
+from . import limits
 
 #: Containers that hold the weights inside training checkpoints.
 STATE_DICT_KEYS = ('state_dict', 'model', 'module', 'model_state',
@@ -28,7 +35,13 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def _allowed_globals():
-    """Types training checkpoints carry besides tensors (no code runs)."""
+    """The real classes training checkpoints carry besides tensors.
+
+    For the resume path only, which rebuilds mmengine's buffers itself:
+    unpickling a real ``HistoryBuffer`` calls its ``__setstate__``, which
+    writes the file's entries into the class-level statistics table.
+    Weights files use :func:`weights_globals` instead.
+    """
     import numpy as np
     allowed = [np.dtype, np.ndarray, type(np.dtype('float32')),
                type(np.dtype('float64')), type(np.dtype('int64'))]
@@ -46,38 +59,92 @@ def _allowed_globals():
     return allowed
 
 
-allowed_globals = _allowed_globals  # public: tools/train.py allow-lists these
+allowed_globals = _allowed_globals  # public: the resume path's globals
 
 
-def _is_safetensors(head: bytes, size: int, path: Path) -> bool:
-    if len(head) < 9 or head[8:9] != b'{':
-        return False
-    (header_len, ) = struct.unpack('<Q', head[:8])
-    if header_len > size - 8:
-        raise CheckpointError(
-            f'checkpoint {path}: safetensors header declares {header_len} '
-            f'bytes but the file has only {size}; the file is truncated or '
-            f'corrupt')
-    return True
+class InertValue:
+    """A non-tensor value of a weights file, kept as the file's raw parts.
+
+    Published checkpoints carry numpy scalars and arrays in ``meta`` and
+    mmengine ``HistoryBuffer`` objects in ``message_hub``. Weights files
+    never need them: each such global is read as a subclass of this one,
+    whose construction and ``__setstate__`` only store their arguments on
+    the instance, so no code of numpy or mmengine runs and no class-level
+    or global state changes.
+    """
+    origin = ''  #: the global this stands for, e.g. ``numpy.dtype``
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.__dict__['args'] = args
+        return self
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.__dict__['state'] = state
+
+    def __repr__(self):
+        return f'<{self.origin} from a checkpoint, not rebuilt>'
 
 
-def _has_safetensors_header(path: Path, head: bytes, size: int) -> bool:
-    """A plausible length followed by a JSON object: safetensors."""
-    if len(head) < 9 or head[8:9] != b'{':
-        return False
-    (header_len, ) = struct.unpack('<Q', head[:8])
-    if header_len > min(size - 8, 100 * 2**20):
-        return False
-    with open(path, 'rb') as f:
-        f.seek(8)
-        header = f.read(header_len)
-    try:
-        return isinstance(json.loads(header), dict)
-    except ValueError:  # includes UnicodeDecodeError
-        return False
+#: The globals published weights files carry besides torch's own.
+INERT_GLOBALS = (
+    'numpy.dtype', 'numpy.ndarray',
+    'numpy.core.multiarray._reconstruct', 'numpy.core.multiarray.scalar',
+    'numpy._core.multiarray._reconstruct', 'numpy._core.multiarray.scalar',
+    'mmengine.logging.history_buffer.HistoryBuffer',
+    # protocol 2 pickles HistoryBuffer's statistics methods as
+    # getattr(HistoryBuffer, 'min'): a stand-in, never the builtin
+    'builtins.getattr',
+)
+_STAND_INS = {name: type(name.rsplit('.', 1)[-1], (InertValue, ),
+                         dict(origin=name, __module__=__name__))
+              for name in INERT_GLOBALS}
 
 
-def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+def weights_globals() -> List[tuple]:
+    """The globals a weights file may use besides torch's defaults:
+    ``(stand-in class, name)`` pairs for :data:`INERT_GLOBALS`."""
+    return [(cls, name) for name, cls in _STAND_INS.items()]
+
+
+_SAFE_GLOBALS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _only_weights_globals():
+    """torch's allow-list is process-wide: a training process adds the
+    real training-checkpoint classes (resume needs them). For a weights
+    file exactly :func:`weights_globals` apply, whatever else is listed;
+    the list is restored afterwards."""
+    serialization = torch.serialization
+    with _SAFE_GLOBALS_LOCK:
+        saved = serialization.get_safe_globals()
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(weights_globals())
+        try:
+            yield
+        finally:
+            serialization.clear_safe_globals()
+            serialization.add_safe_globals(saved)
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """An 8-byte header length, then a JSON object.
+
+    Checked before the pickle test: a header length like 0x7080 starts
+    with the byte 0x80 that also opens a pickle. A torch file cannot
+    match: zip archives open with ``PK``, legacy files with a fixed magic
+    number whose ninth byte is not ``{``. The header itself is judged by
+    :func:`~mmbackbone.checkpoint.limits.read_safetensors_header`.
+    """
+    return len(head) >= 9 and head[8:9] == b'{'
+
+
+def _load_safetensors(path: Path, f) -> Dict[str, torch.Tensor]:
+    limits.read_safetensors_header(path, f, path.stat().st_size)
     from safetensors.torch import load_file
     try:
         return load_file(str(path), device='cpu')
@@ -86,33 +153,17 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
                               f'file ({err})') from err
 
 
-def _check_zip_crc(path: Path) -> None:
-    """torch.load does not verify the zip CRCs: a flipped bit in tensor
-    data would load silently. A CRC mismatch is an error here; archives
-    Python's zipfile cannot parse are left to torch.load to judge."""
-    import zipfile
+def _load_pickle(path: Path, f, size: int, legacy: bool) -> object:
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception:  # not parseable here: torch.load reports it
-        return
-    if bad is not None:
-        raise CheckpointError(f'checkpoint {path} is corrupt: entry {bad!r} '
-                              f'fails its CRC check (a damaged download or '
-                              f'copy); fetch the file again')
-
-
-def _load_pickle(path: Path) -> object:
-    try:
-        # Only globals not already allowed: torch's safe_globals context
-        # removes on exit what it added, even process-wide allow-listed ones
-        # (tools/train.py's allow_checkpoint_globals).
-        already = torch.serialization.get_safe_globals()
-        extra = [g for g in _allowed_globals() if g not in already]
-        # A file object, not the name: torch would pick a loader by suffix.
-        with torch.serialization.safe_globals(extra), \
-                open(path, 'rb') as f:
+        with _only_weights_globals():
+            if legacy:
+                limits.check_legacy_storages(path, f, size)
+                f.seek(0)
+            # A file object, not the name: torch would pick a loader by
+            # the suffix (.safetensors).
             return torch.load(f, map_location='cpu', weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as err:
         message = str(err)
         if 'GLOBAL' in message or 'global' in message:
@@ -128,13 +179,17 @@ def _load_pickle(path: Path) -> object:
                 f'loads weights only. Re-save the tensors with '
                 f'torch.save(state_dict) or safetensors from a trusted '
                 f'environment') from err
-        raise CheckpointError(f'checkpoint {path} is corrupt: {message}'
+        raise CheckpointError(f'checkpoint {path} is corrupt: '
+                              f'{message.splitlines()[0] if message else ""}'
+                              ) from err
+    except RecursionError as err:
+        raise CheckpointError(f'checkpoint {path} nests its objects too '
+                              f'deeply to read; it is corrupt or hostile'
                               ) from err
     except Exception as err:  # any parse failure of a damaged file
+        first = str(err).splitlines()[0] if str(err) else ''
         raise CheckpointError(f'checkpoint {path} is truncated or corrupt '
-                              f'({type(err).__name__}: '
-                              f'{str(err).splitlines()[0] if str(err) else ""})'
-                              ) from err
+                              f'({type(err).__name__}: {first})') from err
 
 
 def extract_state_dict(obj: object, path: Union[str, Path]
@@ -181,23 +236,26 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f'checkpoint {path} is empty (0 bytes)')
-    with open(path, 'rb') as f:
-        head = f.read(16)
-    if head[:2] == b'PK':
-        _check_zip_crc(path)
-        state = extract_state_dict(_load_pickle(path), path)
-    elif _has_safetensors_header(path, head, size):
-        # before the pickle test: a header length like 0x7080 starts with
-        # the byte 0x80 that also opens a pickle
-        state = _load_safetensors(path)
-    elif head[:1] == b'\x80':
-        state = extract_state_dict(_load_pickle(path), path)
-    elif _is_safetensors(head, size, path):
-        state = _load_safetensors(path)
-    else:
-        raise CheckpointError(
-            f'checkpoint {path} is neither a PyTorch file (zip or pickle) '
-            f'nor safetensors (first bytes: {head[:8]!r})')
+    with open(path, 'rb') as raw:
+        head = raw.read(16)
+        raw.seek(0)
+        if head[:2] == b'PK':
+            limits.check_zip(path, raw, size)
+            raw.seek(0)
+            state = extract_state_dict(
+                _load_pickle(path, raw, size, legacy=False), path)
+        elif _looks_like_safetensors(head):
+            state = _load_safetensors(path, raw)
+        elif head[:1] == b'\x80':
+            with limits.NoFileno(io.FileIO(path)) as f:
+                state = extract_state_dict(
+                    _load_pickle(path, f, size, legacy=True), path)
+        else:
+            raise CheckpointError(
+                f'checkpoint {path} is neither a PyTorch file (zip or '
+                f'pickle) nor safetensors (first bytes: {head[:8]!r}); '
+                f'pass a .pth/.pt/.bin or .safetensors weights file')
+    limits.check_tensors(state, path)
     _warn_unusual_values(state, path)
     return state
 
