@@ -172,3 +172,46 @@ def test_yaml_config_instantiates():
     backbone = hydra.utils.instantiate(cfg.backbone)
     assert isinstance(backbone, BaseBackbone)
     assert backbone.out_channels == (64, 128, 256, 512)
+
+
+class _PlainNet(nn.Module):
+    """A custom backbone without init_weights (like docs' LeNet5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
+                                      nn.ReLU(), nn.Conv2d(4, 6, 3))
+        self.out_features = 6
+
+    def forward(self, x):
+        return (self.features(x), )
+
+
+class _OwnInitNet(_PlainNet):
+    def init_weights(self):
+        for p in self.parameters():
+            nn.init.constant_(p, 0.5)
+
+
+def _seeded_weights(build_seed, cls=_PlainNet):
+    torch.manual_seed(build_seed)
+    model = hydra.utils.instantiate({
+        '_target_': 'mmbackbone.models.ImageClassifier',
+        'backbone': {'_target_': f'{__name__}.{cls.__name__}'},
+        'neck': {'type': 'GlobalAveragePooling'},
+        'head': {'type': 'CosineSimilarityHead', 'out_features': 3}})
+    torch.manual_seed(0)  # what the Runner's randomness=dict(seed=0) does
+    model.init_weights()  # ... before the Runner's train() calls this
+    return model.state_dict()
+
+
+def test_models_built_before_seeding_are_decided_by_the_seed():
+    first, second = _seeded_weights(1), _seeded_weights(2)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_a_plain_part_with_its_own_init_weights_keeps_it():
+    weights = _seeded_weights(1, _OwnInitNet)
+    assert (weights['backbone.features.0.weight'] == 0.5).all()

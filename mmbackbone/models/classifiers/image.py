@@ -58,6 +58,19 @@ def _last(feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
     return feats[-1] if isinstance(feats, (tuple, list)) else feats
 
 
+def _reset_plain(module: nn.Module) -> None:
+    """``reset_parameters()`` through a plain module tree; a submodule
+    with ``init_weights()`` is initialised by it instead."""
+    for child in module.children():
+        if hasattr(child, 'init_weights'):
+            if not getattr(child, '_is_init', False):
+                child.init_weights()
+        else:
+            _reset_plain(child)
+    if hasattr(module, 'reset_parameters'):
+        module.reset_parameters()
+
+
 @MODELS.register_module()
 class ImageClassifier(PretrainedRoutingMixin, BaseModel):
     """A backbone, optional neck(s) and a classification head.
@@ -120,6 +133,16 @@ class ImageClassifier(PretrainedRoutingMixin, BaseModel):
         >>> model(x, mode='predict')[0].pred_label.shape
         torch.Size([1])
     """
+
+    def _init_after_random(self) -> None:
+        """Initialise the parts mmengine leaves alone: plain ``nn.Module``
+        parts (a custom backbone, or one built by Hydra before the Runner
+        seeded the RNG) are reset with each layer's ``reset_parameters()``,
+        so the Runner's seed decides every weight. A part (or a layer in
+        it) with its own ``init_weights()`` is initialised by that."""
+        for part in self.children():
+            if not hasattr(part, 'init_weights'):
+                _reset_plain(part)
 
     def __init__(self, backbone, neck=None, head=None,
                  data_preprocessor=None, init_cfg: Optional[dict] = None):

@@ -62,12 +62,17 @@ class CosineSimilarityHead(ClsHead):
         self.scale = None if scale is None else float(scale)
         self.learn_scale = learn_scale
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.kaiming_normal_(self.weight)
+        self._init_after_random()
         if learn_scale:
             start = 1.0 if scale is None else float(scale)
             self.log_scale = nn.Parameter(torch.tensor(math.log(start)))
         else:
             self.register_parameter('log_scale', None)
+
+    def _init_after_random(self) -> None:
+        """Kaiming-normal class weights (again at ``init_weights()``, so a
+        Runner's seed decides them)."""
+        nn.init.kaiming_normal_(self.weight)
 
     def classify(self, pre_logits: Tensor) -> Tensor:
         cosine = F.linear(F.normalize(pre_logits, dim=1),
