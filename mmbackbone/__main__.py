@@ -1,5 +1,7 @@
 """``python -m mmbackbone``: the same command line as ``mmbackbone``."""
+import sys
+
 from mmbackbone.cli import main
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -4,15 +4,26 @@ Usage::
 
     mmbackbone [--import MODULE] COMMAND ...
     mmbackbone list [PATTERN]
-    mmbackbone info [--flops-at N] [--no-flops] TYPE [--ARG VALUE ...]
+    mmbackbone info [--flops-at N] [--no-flops] (TYPE [--ARG VALUE ...]
+                                                 | --config FILE)
     mmbackbone convert SRC DST.safetensors (--type TYPE [--ARG VALUE ...]
                                             | --config FILE) [--prefix P]
+    mmbackbone weights [PATTERN]
 
 ``TYPE`` is a registered type (``ResNet``) or a zoo arch name
 (``resnet50``). ``--ARG VALUE`` options come from the constructor's
 signature (``mmbackbone info ResNet --help`` lists them); values are read
 as Python literals (``--out_indices "(0, 3)"``, ``--depth 101``) with
-:func:`ast.literal_eval`, and kept as strings otherwise.
+:func:`ast.literal_eval`, and kept as strings otherwise. ``--config`` files
+are read by :func:`mmbackbone.engine.load_config`: YAML/JSON are data, and
+their ``.py`` bases are run only with ``--allow-python-bases``.
+
+``--import MODULE`` finds modules in the current directory, as
+``python -m`` does (``mmbackbone --import my_project info LeNet5`` from the
+folder holding ``my_project/``).
+
+Long work (``convert``) shows a tqdm bar on stderr when stderr is a
+terminal; ``--no-progress`` turns it off.
 
 Subcommands live in :data:`SUBCOMMANDS`; :func:`register_subcommand` adds
 one (e.g. ``weights``).
@@ -25,6 +36,7 @@ Example:
 """
 import argparse
 import ast
+import contextlib
 import fnmatch
 import importlib
 import inspect
@@ -36,7 +48,8 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, Optional,
+                    Sequence, Tuple)
 
 #: Errors reported as ``mmbackbone CMD: error: ...`` with exit code 1.
 USER_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
@@ -58,7 +71,9 @@ SUBCOMMANDS: Dict[str, Subcommand] = {}
 
 def register_subcommand(name: str, setup: Callable, run: Callable,
                         help: str, takes_extra: bool = False) -> None:
-    """Add (or replace) a subcommand of ``mmbackbone``."""
+    """Add (or replace) a subcommand of ``mmbackbone``; ``help`` is its
+    one-line description in ``mmbackbone --help`` (keep it under about 55
+    characters so that it fits one line)."""
     SUBCOMMANDS[name] = Subcommand(setup, run, help, takes_extra)
 
 
@@ -66,6 +81,40 @@ def _message(err: BaseException) -> str:
     if isinstance(err, KeyError) and len(err.args) == 1:
         return str(err.args[0])
     return str(err)
+
+
+# -------------------------------------------------------------- progress
+def stderr_is_terminal() -> bool:
+    """Whether stderr is an interactive terminal (not a CI log or pipe)."""
+    isatty = getattr(sys.stderr, 'isatty', None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def progress(iterable: Iterable, desc: str, *, total: Optional[int] = None,
+             unit: str = 'it', enabled: Optional[bool] = None) -> Iterable:
+    """``iterable`` with a tqdm bar on stderr, or ``iterable`` itself.
+
+    The bar is off when ``enabled`` is False, by default when stderr is not
+    a terminal (CI logs stay clean), and when tqdm (carried by timm through
+    huggingface_hub) is not installed.
+
+    Example:
+        >>> list(progress(range(3), 'counting', enabled=False))
+        [0, 1, 2]
+    """
+    if enabled is None:
+        enabled = stderr_is_terminal()
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, unit=unit,
+                file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # ------------------------------------------------------------- resolving
@@ -312,8 +361,36 @@ def _setup_info(parser: argparse.ArgumentParser) -> None:
                         help='input size of the FLOP count (default 224)')
     parser.add_argument('--no-flops', action='store_true',
                         help='skip the FLOP count (a jit trace)')
+    _add_config_options(parser, 'describe instead of TYPE')
     parser.add_argument('type', nargs='?', metavar='TYPE',
                         help='a registered type (ResNet) or arch (resnet50)')
+
+
+def _add_config_options(parser: argparse.ArgumentParser, what: str,
+                        group=None) -> None:
+    """``--config FILE`` and ``--allow-python-bases``, alike in every
+    subcommand that reads a config."""
+    (group or parser).add_argument(
+        '--config', metavar='FILE',
+        help=f'an mmengine config (.yaml/.json data, or .py code); its '
+        f'model.backbone (or backbone) is the model to {what}')
+    parser.add_argument('--allow-python-bases', action='store_true',
+                        help='let a YAML/JSON --config inherit from .py '
+                        'files (which are then run); off by default')
+
+
+def _check_config_options(args: argparse.Namespace, extra: List[str]
+                          ) -> None:
+    """Refuse options that would be ignored next to (or without)
+    ``--config``."""
+    if args.config is None:
+        if args.allow_python_bases:
+            raise ValueError('--allow-python-bases applies to --config '
+                             'files only; no --config was given')
+        return
+    if extra:
+        raise ValueError(f'--ARG options {extra} apply to a TYPE only; '
+                         f'set them in the config {args.config}')
 
 
 def _input_size(text: str) -> Tuple[int, int]:
@@ -362,14 +439,22 @@ def describe(model, shape: Optional[Tuple[int, ...]]) -> List[str]:
 
 def run_info(args: argparse.Namespace, extra: List[str]) -> int:
     """Build a backbone from the command line and describe it."""
-    if args.type is None:
+    if args.type is None and (args.help or args.config is None):
         args._parser.print_help()
         return 0 if args.help else 2
-    obj, type_name, kwargs = resolve_backbone(args.type)
-    prog = f'mmbackbone info {args.type}'
-    argv = list(extra) + (['--help'] if args.help else [])
-    kwargs.update(parse_constructor_args(obj, argv, prog))
+    _check_config_options(args, extra)
+    if args.config is not None and args.type is not None:
+        raise ValueError(f'give TYPE ({args.type!r}) or --config '
+                         f'({args.config!r}), not both')
     height, width = _input_size(args.flops_at)
+    if args.config is not None:
+        obj, type_name, kwargs = _backbone_from_config(
+            args.config, args.allow_python_bases)
+    else:
+        obj, type_name, kwargs = resolve_backbone(args.type)
+        prog = f'mmbackbone info {args.type}'
+        argv = list(extra) + (['--help'] if args.help else [])
+        kwargs.update(parse_constructor_args(obj, argv, prog))
     model = _build(obj, type_name, kwargs).eval()
     in_channels = kwargs.get('in_channels', 3)
     if not isinstance(in_channels, int) or isinstance(in_channels, bool):
@@ -392,9 +477,7 @@ def _setup_convert(parser: argparse.ArgumentParser) -> None:
     target.add_argument('--type', metavar='TYPE',
                         help='target type (ResNet) or arch (resnet50); '
                         'further --ARG VALUE options configure it')
-    target.add_argument('--config', metavar='FILE',
-                        help='an mmengine config; its model.backbone (or '
-                        'backbone) is the target')
+    _add_config_options(parser, 'convert to', group=target)
     parser.add_argument('--prefix', default=None,
                         help="keep and strip this key prefix (e.g. "
                         "'backbone'); by default 'backbone.' is stripped "
@@ -405,11 +488,9 @@ def _setup_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--allow-missing', action='store_true',
                         help='write even if model keys are missing from '
                         'the file')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON --config inherit from .py '
-                        'files (which are then run); off by default')
     parser.add_argument('--no-progress', action='store_true',
-                        help='no progress bar')
+                        help='no progress bar (it is shown only when '
+                        'stderr is a terminal)')
 
 
 def _backbone_from_config(path: str, allow_python_bases: bool = False
@@ -438,23 +519,6 @@ def _backbone_from_config(path: str, allow_python_bases: bool = False
             return obj, type_name, {**base, **kwargs}
     raise KeyError(f'config {path} has no model.backbone, backbone or model '
                    f'entry with a "type"; top-level keys: {sorted(cfg)}')
-
-
-def _progress(items: Sequence, enabled: bool):
-    if not enabled:
-        yield from items
-        return
-    try:
-        from tqdm import tqdm
-        yield from tqdm(items, desc='converting', unit='tensor',
-                        file=sys.stderr)
-    except ImportError:
-        from mmengine.utils import ProgressBar
-        bar = ProgressBar(len(items), file=sys.stderr)
-        for item in items:
-            yield item
-            bar.update()
-        sys.stderr.write('\n')
 
 
 def _short(keys: Sequence[str], limit: int = 6) -> str:
@@ -539,12 +603,10 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
     dst = Path(args.dst)
     if dst.suffix != '.safetensors':
         raise ValueError(f'DST={args.dst!r} must end with .safetensors')
+    _check_config_options(args, extra)
     if args.config is not None:
-        if extra:
-            raise ValueError(f'--ARG options {extra} apply to --type only; '
-                             f'set them in the config {args.config}')
         obj, type_name, kwargs = _backbone_from_config(
-            args.config, getattr(args, 'allow_python_bases', False))
+            args.config, args.allow_python_bases)
     else:
         obj, type_name, kwargs = resolve_backbone(args.type)
         kwargs.update(parse_constructor_args(
@@ -554,7 +616,9 @@ def run_convert(args: argparse.Namespace, extra: List[str]) -> int:
                                        args.allow_missing)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     tensors = {}
-    for key in _progress(list(state), not args.no_progress):
+    keys = list(state)
+    for key in progress(keys, 'converting', unit='tensor',
+                        enabled=False if args.no_progress else None):
         tensor = state[key].detach().cpu()
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
@@ -616,17 +680,60 @@ def run_weights(args: argparse.Namespace) -> int:
 register_subcommand('list', _setup_list, run_list,
                     'list backbone types and their zoo arch names')
 register_subcommand('info', _setup_info, run_info,
-                    'build a backbone and print its outputs, params and '
-                    'GFLOPs', takes_extra=True)
+                    'build a backbone; print its outputs, params, GFLOPs',
+                    takes_extra=True)
 register_subcommand('convert', _setup_convert, run_convert,
-                    'convert a timm/torchvision/mmpretrain checkpoint to '
-                    'our keys (.safetensors)', takes_extra=True)
+                    'convert timm/torchvision/mmpretrain weights to ours',
+                    takes_extra=True)
 register_subcommand('weights', _setup_weights, run_weights,
-                    'list the pretrained weights index (pretrained=True, '
-                    'mmbackbone://NAME)')
+                    'list the pretrained weights (pretrained=True)')
 
 
 # --------------------------------------------------------------- main
+@contextlib.contextmanager
+def _cwd_importable(needed: bool):
+    """Put the current directory at the front of ``sys.path`` (as
+    ``python -m`` does) while the command runs, unless it is there already;
+    restore ``sys.path`` afterwards."""
+    cwd = os.getcwd()
+    present = any(os.path.realpath(entry or os.curdir)
+                  == os.path.realpath(cwd) for entry in sys.path
+                  if isinstance(entry, str))
+    if not needed or present:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(cwd)
+        except ValueError:  # the command removed it already
+            pass
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the ``--import`` modules (the current directory is searched
+    first while :func:`main` runs).
+
+    Raises:
+        ImportError: a module cannot be imported; says where it was looked
+            for.
+    """
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(
+                    err.name + '.')):
+                raise  # the module itself failed importing another one
+            raise ModuleNotFoundError(
+                f'--import {name}: no module named {err.name!r} in the '
+                f'current directory ({os.getcwd()}) or on sys.path; run '
+                f'from the folder that holds it, or add that folder to '
+                f'PYTHONPATH', name=err.name) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser, one subparser per :data:`SUBCOMMANDS` entry."""
     parser = argparse.ArgumentParser(
@@ -639,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--import', dest='imports', action='append',
                         default=[], metavar='MODULE',
                         help='import a module first (repeatable), e.g. one '
-                        'that registers your own backbones')
+                        'that registers your own backbones; the current '
+                        'directory is searched first, as with python -m')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, command in SUBCOMMANDS.items():
         add_help = name != 'info'  # info forwards --help to the TYPE
@@ -674,11 +782,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         if extra and not command.takes_extra:
             args._parser.error(f'unrecognized arguments: {" ".join(extra)}')
-        for module in args.imports:
-            importlib.import_module(module)
-        if command.takes_extra:
-            return int(command.run(args, extra) or 0)
-        return int(command.run(args) or 0)
+        with _cwd_importable(bool(args.imports)):
+            import_modules(args.imports)
+            if command.takes_extra:
+                return int(command.run(args, extra) or 0)
+            return int(command.run(args) or 0)
     except SystemExit as exit_:  # --help, usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)

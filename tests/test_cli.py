@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import mmbackbone.cli
 from mmbackbone import build_backbone
 from mmbackbone.cli import (SUBCOMMANDS, count_flops, main, parse_value,
-                            register_subcommand)
+                            progress, register_subcommand)
 from mmbackbone.registry import MODELS
 from helpers import one_thread  # noqa: F401  (fixture)
 
@@ -56,15 +57,38 @@ def test_info_resnet101_matches_torchvision(capsys):
     assert abs(ours - peer_gflops) < 0.02, (ours, peer_gflops)
 
 
+def child_env(**extra):
+    """The environment of a child process: one thread, no PYTHONPATH (so
+    the child finds modules the way a user's shell does)."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    return dict(env, OMP_NUM_THREADS='1', **extra)
+
+
 def test_info_through_python_m():
     proc = subprocess.run(
-        [sys.executable, '-m', 'mmbackbone.cli', 'info', 'ResNet', '--depth',
+        [sys.executable, '-m', 'mmbackbone', 'info', 'ResNet', '--depth',
          '101'], capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS='1'))
+        env=child_env())
     assert proc.returncode == 0, proc.stderr
     assert field(proc.stdout, 'out_channels') == '(2048,)'
     assert field(proc.stdout, 'params').startswith('42.50 M (42,500,160;')
     assert 'GFLOPs' in proc.stdout
+    # the module itself runs too, and passes on the exit status
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mmbackbone.cli', 'list', 'nothing*here'],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=child_env())
+    assert proc.returncode == 1
+    assert 'no backbone type or arch matches' in proc.stderr
+
+
+def test_python_m_mmbackbone_passes_on_the_exit_status():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mmbackbone', 'list', 'nothing*here'],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=child_env())
+    assert 'no backbone type or arch matches' in proc.stderr
+    assert proc.returncode == 1
 
 
 def test_info_literal_arguments_and_arch_names(capsys):
@@ -167,6 +191,16 @@ def test_main_usage(capsys):
     assert code == 2 and 'unrecognized arguments: b' in err
 
 
+def test_help_lists_every_subcommand_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv('COLUMNS', '80')
+    code, out, _ = run(capsys, '--help')
+    assert code == 0
+    assert set(SUBCOMMANDS) == {'list', 'info', 'convert', 'weights'}
+    lines = [' '.join(line.split()) for line in out.splitlines()]
+    for name, command in SUBCOMMANDS.items():
+        assert f'{name} {command.help}' in lines, (name, out)
+
+
 def test_register_subcommand(capsys, monkeypatch):
     monkeypatch.setitem(SUBCOMMANDS, 'demo-weights', None)
 
@@ -217,6 +251,160 @@ def test_import_option_registers_custom_backbone(capsys, tmp_path,
         sys.modules.pop('cli_custom_net', None)
     code, _, err = run(capsys, '--import', 'no_such_module_xyz', 'list')
     assert code == 1 and 'no_such_module_xyz' in err
+
+
+LENET = textwrap.dedent('''
+    from torch import nn
+    from mmbackbone.registry import MODELS
+
+    @MODELS.register_module()
+    class {name}(nn.Module):
+        is_backbone = True
+
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, width, 5)
+            self.out_features = width
+
+        def forward(self, x):
+            return (self.conv(x), )
+''')
+
+
+def make_project(root, package, name):
+    """``root/package/{__init__,lenet}.py``, ``lenet`` registering ``name``."""
+    (root / package).mkdir()
+    (root / package / '__init__.py').write_text('')
+    (root / package / 'lenet.py').write_text(LENET.format(name=name))
+
+
+def test_import_finds_a_package_in_the_current_directory(tmp_path):
+    """As a user runs it: the console script, from the folder that holds
+    the package, no PYTHONPATH."""
+    make_project(tmp_path, 'my_project', 'LeNet5')
+    script = Path(sys.executable).with_name('mmbackbone')
+    command = ([str(script)] if script.exists()
+               else [sys.executable, '-m', 'mmbackbone'])
+    proc = subprocess.run(
+        command + ['--import', 'my_project.lenet', 'info', '--flops-at', '32',
+                   'LeNet5'], capture_output=True, text=True, cwd=tmp_path,
+        timeout=300, env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == 'LeNet5()'
+    assert field(proc.stdout, 'params').endswith('(304; 304 trainable)')
+
+
+def test_import_from_cwd_leaves_sys_path_as_it_was(capsys, tmp_path,
+                                                   monkeypatch):
+    make_project(tmp_path, 'cwd_project', 'CwdNet')
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    try:
+        code, out, err = run(capsys, '--import', 'cwd_project.lenet', 'info',
+                             '--no-flops', 'CwdNet', '--width', '2')
+        assert code == 0, err
+        assert field(out, 'out_features') == '2'
+        assert sys.path == before
+    finally:
+        MODELS.module_dict.pop('CwdNet', None)
+        for module in ('cwd_project', 'cwd_project.lenet'):
+            sys.modules.pop(module, None)
+    # elsewhere the module is not found, and the message says where to run
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run(capsys, '--import', 'cwd_project.lenet', 'list')
+    assert code == 1 and "no module named 'cwd_project'" in err
+    assert str(elsewhere) in err and 'PYTHONPATH' in err
+    assert sys.path == before
+    # an import error inside the module is its own, not "not found"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'broken_project.py').write_text('import no_such_dep_xyz\n')
+    code, _, err = run(capsys, '--import', 'broken_project', 'list')
+    assert code == 1 and "No module named 'no_such_dep_xyz'" in err
+    assert sys.path == before
+    sys.modules.pop('broken_project', None)
+
+
+# ---------------------------------------------------- configs (info, convert)
+@pytest.fixture
+def configs(tmp_path):
+    """A YAML config with a .py base, and a plain YAML one."""
+    (tmp_path / 'base.py').write_text(
+        "model = dict(backbone=dict(type='ResNet', depth=18))\n")
+    (tmp_path / 'child.yaml').write_text('_base_: base.py\n')
+    (tmp_path / 'plain.yaml').write_text(
+        'model:\n  backbone: {type: ResNet, depth: 18, out_indices: [0, 3]}\n')
+    return tmp_path
+
+
+def test_info_reads_a_config(capsys, configs):
+    code, out, err = run(capsys, 'info', '--no-flops', '--config',
+                         str(configs / 'plain.yaml'))
+    assert code == 0, err
+    assert out.splitlines()[0] == 'ResNet(depth=18, out_indices=[0, 3])'
+    assert field(out, 'out_channels') == '(64, 512)'
+    # a .py base of a data config runs only with --allow-python-bases
+    child = str(configs / 'child.yaml')
+    code, _, err = run(capsys, 'info', '--no-flops', '--config', child)
+    assert code == 1 and '--allow-python-bases' in err and 'base.py' in err
+    code, out, err = run(capsys, 'info', '--no-flops', '--config', child,
+                         '--allow-python-bases')
+    assert code == 0, err
+    assert out.splitlines()[0] == 'ResNet(depth=18)'
+
+
+@pytest.mark.parametrize('command', ['info', 'convert'])
+def test_config_options_are_never_ignored(capsys, configs, command):
+    head = (['info', '--no-flops'] if command == 'info' else
+            ['convert', 'in.pth', str(configs / 'out.safetensors')])
+    type_option = ['ResNet'] if command == 'info' else ['--type', 'ResNet']
+    plain = str(configs / 'plain.yaml')
+    code, _, err = run(capsys, *head, '--allow-python-bases', *type_option,
+                       '--depth', '18')
+    assert code == 1
+    assert '--allow-python-bases applies to --config files only' in err
+    code, _, err = run(capsys, *head, '--config', plain, '--depth', '50')
+    assert code == 1
+    assert "--ARG options ['--depth'" in err and 'apply to a TYPE only' in err
+    assert 'set them in the config' in err and 'plain.yaml' in err
+    code, _, err = run(capsys, *head, '--config', plain, *type_option)
+    if command == 'info':
+        assert code == 1 and "give TYPE ('ResNet') or --config" in err
+    else:  # argparse's mutually exclusive group
+        assert code == 2 and 'not allowed with argument --config' in err
+
+
+# --------------------------------------------------------------- progress
+def test_progress_off_unless_stderr_is_a_terminal(capsys, monkeypatch):
+    items = [1, 2, 3]
+    assert progress(items, 'counting') is items  # captured: not a terminal
+    assert capsys.readouterr().err == ''
+    monkeypatch.setattr(mmbackbone.cli, 'stderr_is_terminal', lambda: True)
+    assert list(progress(items, 'counting')) == items
+    assert 'counting' in capsys.readouterr().err
+    assert progress(items, 'counting', enabled=False) is items
+    monkeypatch.setitem(sys.modules, 'tqdm', None)  # not installed
+    assert progress(items, 'counting', enabled=True) is items
+    assert capsys.readouterr().err == ''
+
+
+def test_convert_progress(capsys, tmp_path, monkeypatch):
+    src = tmp_path / 'ours.pth'
+    torch.save(build_backbone(dict(type='ResNet', depth=18)).state_dict(),
+               src)
+    argv = ['convert', str(src), str(tmp_path / 'r18.safetensors'), '--type',
+            'resnet18']
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert 'converting' not in err  # stderr is not a terminal: silent
+    monkeypatch.setattr(mmbackbone.cli, 'stderr_is_terminal', lambda: True)
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert 'converting' in err and 'tensor' in err
+    assert 'converting' not in out
+    code, _, err = run(capsys, *argv, '--no-progress')
+    assert code == 0 and 'converting' not in err
 
 
 # --------------------------------------------------------------- convert

@@ -49,10 +49,16 @@ How it measures:
   cache and writes the bytecode caches (``PYTHONDONTWRITEBYTECODE`` is
   dropped for the children, as on a normal install); wall time of the
   whole process, median.
+
+Peers are optional: one that cannot be imported (timm, torchvision,
+mmpretrain) is reported as not installed, with what to ``pip install``,
+and the rest is measured. Progress bars (tqdm) go to stderr when it is a
+terminal; ``--no-progress`` turns them off.
 """
 import argparse
 import ast
 import gc
+import importlib
 import json
 import os
 import platform
@@ -63,7 +69,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -107,6 +113,35 @@ STARTUP_COMMANDS = {
     'timm': "import timm; timm.create_model('resnet50')",
     'torch (floor)': 'import torch',
 }
+
+#: What to install for each peer (the start-up commands of the same name
+#: and the --timm / --torchvision models need them; they are optional).
+PEER_PACKAGES = {'mmpretrain': 'mmpretrain', 'timm': 'timm',
+                 'torchvision': 'torchvision'}
+
+
+def not_installed(peer: str, detail: str = '') -> str:
+    """The note of a peer that cannot be imported."""
+    return (f'{peer} not installed (pip install {PEER_PACKAGES[peer]})'
+            + (f': {detail}' if detail else ''))
+
+
+def import_peer(peer: str) -> Tuple[Any, Optional[str]]:
+    """``(module, None)``, or ``(None, note)`` when ``peer`` cannot be
+    imported (not installed, or broken)."""
+    try:
+        return importlib.import_module(peer), None
+    except ImportError as err:
+        return None, not_installed(peer, f'{type(err).__name__}: {err}')
+
+
+def progress(iterable: Iterable, desc: str, enabled: Optional[bool],
+             total: Optional[int] = None, unit: str = 'it') -> Iterable:
+    """A tqdm bar on stderr when it is a terminal (or ``enabled``); see
+    :func:`mmbackbone.cli.progress`."""
+    from mmbackbone import cli
+    return cli.progress(iterable, desc, total=total, unit=unit,
+                        enabled=enabled)
 
 
 # ------------------------------------------------------------ models
@@ -199,13 +234,18 @@ def step(model: nn.Module, x: torch.Tensor, train: bool):
 
 
 def timed_interleaved(models: List[Tuple[str, nn.Module]], x: torch.Tensor,
-                      train: bool, repeats: int, warmup: int
+                      train: bool, repeats: int, warmup: int,
+                      desc: str = 'timing',
+                      show_progress: Optional[bool] = False
                       ) -> Dict[str, List[float]]:
-    """Run each model once per repetition, alternating the order."""
+    """Run each model once per repetition, alternating the order (a
+    progress bar over the repetitions when ``show_progress``; None: when
+    stderr is a terminal)."""
     for _, model in models:
         model.train(train)
     times: Dict[str, List[float]] = {name: [] for name, _ in models}
-    for rep in range(warmup + repeats):
+    for rep in progress(range(warmup + repeats), desc, show_progress,
+                        unit='rep'):
         order = models if rep % 2 == 0 else models[::-1]
         for name, model in order:
             if train:
@@ -249,24 +289,39 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
                 for mode in args.modes]
     torch.manual_seed(0)
     peers: List[Tuple[str, nn.Module]] = []
-    weights, ckpt = 'random (no peer)', None
+    missing: Dict[str, str] = {}  # peer -> note (not installed)
+    weights, ckpt, source = 'random (no peer)', None, None
     tmp = tempfile.TemporaryDirectory()
+    full = None
     if timm_name:
-        import timm
-        if not timm.is_model(timm_name):
+        timm, note = import_peer('timm')
+        if timm is None:
+            missing['timm'] = note
+        elif not timm.is_model(timm_name):
             print(f'[{name}] timm has no {timm_name}; skipping the peer')
         else:
             full = build_timm(timm_name, **timm_kwargs).eval()
-            ckpt = os.path.join(tmp.name, f'{timm_name}.pth')
+            ckpt, source = os.path.join(tmp.name, f'{timm_name}.pth'), 'timm'
             torch.save(full.state_dict(), ckpt)
             peers.append(('timm', TimmFeatures(full)))
-            if tv_name:
-                tv = build_torchvision(tv_name)
+    if tv_name:
+        _, note = import_peer('torchvision')
+        if note is not None:
+            missing['torchvision'] = note
+        else:
+            tv = build_torchvision(tv_name)
+            if full is not None:
                 tv.load_state_dict(full.state_dict())  # same keys as timm
-                peers.append(('torchvision', TorchvisionBody(tv)))
+            else:  # no timm: torchvision's random weights for everyone
+                ckpt = os.path.join(tmp.name, f'{tv_name}.pth')
+                source = 'torchvision'
+                torch.save(tv.state_dict(), ckpt)
+            peers.append(('torchvision', TorchvisionBody(tv.eval())))
+    for peer, note in missing.items():
+        print(f'[{name}] {note}; skipping the {peer} peer')
     try:
         ours = build_ours(ours_cfg, ckpt)
-        weights = 'peer (timm)' if ckpt else weights
+        weights = f'peer ({source})' if ckpt else weights
     except Exception as err:  # noqa: BLE001  (report, keep timing)
         print(f'[{name}] loading the timm weights into ours failed: '
               f'{type(err).__name__}: {err}')
@@ -288,7 +343,8 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
             from mmbackbone import optimize_for_inference
             models.insert(1, ('ours-opt', optimize_for_inference(ours)))
         times = timed_interleaved(models, x, train, args.repeats,
-                                  args.warmup)
+                                  args.warmup, desc=f'{name} {mode}',
+                                  show_progress=args.progress)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
         def paired(a: str, b: str) -> float:
@@ -309,12 +365,17 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
                 row.ratio_of = f'ours/{impl}'
                 row.max_diff = diffs.get(impl)
             rows.append(row)
-        print_rows(rows[-len(models):], header=not rows[:-len(models)])
+        for peer, note in missing.items():
+            rows.append(Row(name, mode, peer, note=note))
+        shown = len(models) + len(missing)
+        print_rows(rows[-shown:], header=not rows[:-shown])
     del ours, peers
     gc.collect()
     tmp.cleanup()
     if args.memory:
-        for row in rows:
+        timed = [row for row in rows if row.median_ms is not None]
+        for row in progress(timed, f'{name} peak memory', args.progress,
+                            unit='child'):
             spec = dict(ours=ours_cfg, timm=timm_name, torchvision=tv_name,
                         timm_kwargs=timm_kwargs, impl=row.impl,
                         mode=row.mode, batch=args.batch, size=args.size,
@@ -386,7 +447,8 @@ def run_memory_child(spec: dict) -> None:
 def benchmark_with_cp(args) -> List[dict]:
     """Peak training memory with and without gradient checkpointing."""
     results = []
-    for name in CP_PRESETS:
+    for name in progress(CP_PRESETS, 'with_cp', args.progress,
+                         unit='preset'):
         preset = PRESETS[name]
         reason = ours_available(preset.ours)
         if reason is not None:
@@ -426,43 +488,86 @@ def benchmark_with_cp(args) -> List[dict]:
 
 
 # ------------------------------------------------------------ start-up
-def benchmark_startup(args) -> Dict[str, Any]:
-    """Median wall time of cold interpreters importing and building."""
+def _last_error(stderr: str) -> Tuple[str, str]:
+    """``(exception type, message)`` from a child's traceback."""
+    for line in reversed(stderr.strip().splitlines()):
+        match = re.match(r'^([A-Za-z_][\w.]*): ?(.*)$', line)
+        if match:
+            return match.group(1).rsplit('.', 1)[-1], match.group(2)
+    return '', stderr.strip()[-300:]
+
+
+def benchmark_startup(args, commands: Optional[Dict[str, str]] = None
+                      ) -> Dict[str, Any]:
+    """Median wall time of cold interpreters importing and building.
+
+    A peer whose command fails with an ``ImportError`` (not installed, or
+    broken) is reported in ``skipped`` as not installed, any other failure
+    of a peer as failed; the others are measured. ``mmbackbone`` and
+    ``torch (floor)`` must run.
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS='ignore')
     # Bytecode caching as on a normal install (pip writes .pyc files for
     # site-packages; an editable checkout gets them on the first import).
     env.pop('PYTHONDONTWRITEBYTECODE', None)
-    commands = dict(STARTUP_COMMANDS)
+    commands = dict(STARTUP_COMMANDS if commands is None else commands)
+    show = getattr(args, 'progress', None)
 
-    def run(code: str) -> float:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, '-c', code], env=env,
+    def run(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-c', code], env=env,
                               capture_output=True, text=True, cwd=ROOT)
+
+    def timed(code: str) -> float:
+        start = time.perf_counter()
+        proc = run(code)
         elapsed = time.perf_counter() - start
-        if proc.returncode:
+        if proc.returncode:  # it ran in the warm-up: a flaky failure
             raise RuntimeError(f'{code!r} failed: {proc.stderr[-1000:]}')
         return elapsed
 
-    for code in commands.values():  # warm the file cache, untimed
-        run(code)
-    times: Dict[str, List[float]] = {k: [] for k in commands}
+    skipped: Dict[str, str] = {}
+    for name in progress(list(commands), 'start-up warm-up', show,
+                         unit='cmd'):  # warm the file cache, untimed
+        proc = run(commands[name])
+        if not proc.returncode:
+            continue
+        kind, message = _last_error(proc.stderr)
+        if name not in PEER_PACKAGES:
+            raise RuntimeError(f'start-up command {name} '
+                               f'({commands[name]!r}) failed: '
+                               f'{proc.stderr[-1000:]}')
+        if kind in ('ImportError', 'ModuleNotFoundError'):
+            skipped[name] = not_installed(name, f'{kind}: {message}')
+        else:
+            skipped[name] = f'{name} failed: {kind}: {message}'[:500]
+        del commands[name]
     names = list(commands)
-    for rep in range(args.startup_runs):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            times[name].append(run(commands[name]))
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    order = [names if rep % 2 == 0 else names[::-1]
+             for rep in range(args.startup_runs)]
+    for name in progress([n for batch in order for n in batch],
+                         'start-up', show, unit='run'):
+        times[name].append(timed(commands[name]))
     med = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(peer: str) -> Optional[float]:
+        return round(med['mmbackbone'] / med[peer], 3) if peer in med \
+            else None
+
     result = dict(commands=commands, runs_s={k: [round(t, 3) for t in v]
                                              for k, v in times.items()},
                   median_s={k: round(v, 3) for k, v in med.items()},
-                  ratio_vs_mmpretrain=round(med['mmbackbone']
-                                            / med['mmpretrain'], 3),
-                  ratio_vs_timm=round(med['mmbackbone'] / med['timm'], 3))
+                  skipped=skipped,
+                  ratio_vs_mmpretrain=ratio('mmpretrain'),
+                  ratio_vs_timm=ratio('timm'))
     print(f"{'start-up (import + build ResNet-50)':<40} median of "
           f'{args.startup_runs}')
     for name in names:
         print(f'  {name:<16} {med[name]:7.2f} s   runs '
               f'{[round(t, 2) for t in times[name]]}')
+    for name, note in skipped.items():
+        print(f'  {name:<16}       - s   {note}')
     print(f"  mmbackbone / mmpretrain = {result['ratio_vs_mmpretrain']}; "
           f"mmbackbone / timm = {result['ratio_vs_timm']}")
     return result
@@ -524,10 +629,12 @@ def parse_config(text: str, allow_python_bases: bool = False) -> dict:
 
 
 def environment(args) -> dict:
-    import timm
-    import torchvision
+    versions = {}
+    for peer in ('timm', 'torchvision'):
+        module, note = import_peer(peer)
+        versions[peer] = module.__version__ if module is not None else note
     return dict(python=platform.python_version(), torch=torch.__version__,
-                timm=timm.__version__, torchvision=torchvision.__version__,
+                **versions,
                 cpu=platform.processor() or platform.machine(),
                 cores=os.cpu_count(), threads=args.threads,
                 load_average=os.getloadavg())
@@ -569,6 +676,10 @@ def parse_args(argv=None):
     parser.add_argument('--startup-runs', type=int, default=5)
     parser.add_argument('--json', help='write the results to this file '
                         "('-' for stdout)")
+    parser.add_argument('--no-progress', dest='progress',
+                        action='store_const', const=False, default=None,
+                        help='no progress bars (they are shown only when '
+                        'stderr is a terminal)')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ('batch', 'size', 'threads', 'repeats', 'cp_batch',
