@@ -133,8 +133,99 @@ def _check_plain_name(value: str, where: str) -> None:
                          f'name registered types only (nothing is imported)')
 
 
+def _initializer_registries() -> Dict[str, Any]:
+    from mmbackbone.models.init_cfg import _initializer_registries
+    return _initializer_registries()
+
+
+def _registered_initializer(name: str, scope: Optional[str]) -> bool:
+    """``name`` in ``scope``'s weight-initializer registry or its parents
+    (as ``init_cfg`` resolves it), or in any scope when ``scope`` is None."""
+    registries = _initializer_registries()
+    if scope is None:
+        return any(name in r.module_dict for r in registries.values())
+    registry = registries.get(scope)
+    while registry is not None:
+        if name in registry.module_dict:
+            return True
+        registry = registry.parent
+    return False
+
+
+def _check_initializer_type(value: Any, where: str) -> None:
+    """An ``init_cfg`` type: a registered weight initializer (scoped or
+    not, as :mod:`mmbackbone.models.init_cfg` resolves it), or a spelling
+    of the loader that mmbackbone routes to its own (``'PretrainedInit'``,
+    the class ``PretrainedInit`` or a subclass). Nothing is imported."""
+    from mmengine.model.weight_init import PretrainedInit
+
+    from mmbackbone.models.init_cfg import PRETRAINED_NAMES
+    registries = _initializer_registries()
+    names = sorted({n for r in registries.values() for n in r.module_dict})
+    if isinstance(value, str):
+        scope, _, name = value.rpartition('.')
+        if '.' in scope:
+            raise ValueError(
+                f'{where}={value!r} is an import path; init_cfg may name '
+                f"registered weight initializers only (e.g. 'Kaiming' or "
+                f"'mmengine.Kaiming'), never an import path")
+        if scope and scope not in registries:
+            example = (f' (e.g. {name!r} or \'mmengine.{name}\')'
+                       if name in names else '')
+            raise ValueError(
+                f'{where}={value!r}: {scope!r} is not a scope with weight '
+                f'initializers (known: {sorted(registries)}); init_cfg may '
+                f'name registered weight initializers only{example}, never '
+                f'an import path')
+        if not _registered_initializer(name, scope or None) and not (
+                not scope and name in PRETRAINED_NAMES):
+            where_ = f' in scope {scope!r}' if scope else ''
+            raise KeyError(f'{where}={value!r}: {name!r} is not a registered '
+                           f'weight initializer{where_}.'
+                           f'{closest(name, names)} Registered: '
+                           f'{", ".join(names)}')
+        return
+    if isinstance(value, type) and issubclass(value, PretrainedInit):
+        return  # loads are routed to mmbackbone's loader
+    if callable(value) and any(value is obj for r in registries.values()
+                               for obj in r.module_dict.values()):
+        return
+    raise TypeError(f'{where}={value!r} is neither a registered weight '
+                    f'initializer name nor a registered initializer class; '
+                    f"e.g. 'Kaiming' or 'Pretrained'")
+
+
+def _check_init_cfg(cfg: Any, path: str) -> None:
+    """``type`` and ``_scope_`` at any depth of an ``init_cfg`` (its
+    entries, their ``override``), checked against the weight-initializer
+    registries."""
+    if isinstance(cfg, Mapping):
+        for key, value in cfg.items():
+            where = f'{path}.{key}'
+            if key == 'type':
+                _check_initializer_type(value, where)
+            elif key in ('_scope_', 'default_scope') and value is not None:
+                known = (_initializer_registries() if key == '_scope_'
+                         else _registries())
+                if not isinstance(value, str) or value not in known:
+                    # mmengine would import f'{value}.registry'
+                    raise ValueError(f'{where}={value!r} is not a registered '
+                                     f'scope; known scopes: {sorted(known)}')
+            else:
+                _check_init_cfg(value, where)
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            _check_init_cfg(value, f'{path}[{i}]')
+
+
 def check_config_types(cfg: Any, path: str = 'cfg') -> None:
     """Refuse dotted import paths in any nested ``type`` of a config.
+
+    Types name registered classes of any registry (scoped or not); inside
+    ``init_cfg`` (at any depth, ``override`` included) they name
+    registered weight initializers, resolved as ``init_cfg`` resolves them
+    (``'mmbackbone.Pretrained'`` is mmengine's, found through the scope's
+    parent).
 
     Example:
         >>> check_config_types(dict(type='ResNet', norm_cfg=dict(type='BN')))
@@ -158,6 +249,8 @@ def check_config_types(cfg: Any, path: str = 'cfg') -> None:
                 _check_plain_name(value, where)
             elif key == 'type' and not isinstance(value, str):
                 resolve_type(value, arg=where)
+            elif key == 'init_cfg':
+                _check_init_cfg(value, where)
             elif key in ('_scope_', 'default_scope') and value is not None \
                     and (not isinstance(value, str)
                          or value not in _registries()):

@@ -118,3 +118,74 @@ def test_package_exports():
     from mmbackbone.models import build_backbone as from_models
     assert from_models is build_backbone
     import_modules_from_strings(['mmbackbone'])
+
+
+# --------------------------------------------- init_cfg types: initializers
+@pytest.mark.parametrize('spelling', ['Pretrained', 'mmengine.Pretrained',
+                                      'mmbackbone.Pretrained',
+                                      'PretrainedInit', 'class'])
+def test_init_cfg_accepts_registered_initializers_in_any_scope(tmp_path,
+                                                               spelling):
+    """init_cfg types are weight initializers, resolved through the scope's
+    parents as init_cfg resolves them: 'mmbackbone.Pretrained' is
+    mmengine's Pretrained, routed to mmbackbone's loader."""
+    from mmengine.model.weight_init import PretrainedInit
+
+    from mmbackbone.apis import check_config_types
+    type_ = PretrainedInit if spelling == 'class' else spelling
+    torch.manual_seed(0)
+    source = ResNet(depth=18)
+    path = tmp_path / 'r18.pth'
+    torch.save(source.state_dict(), path)
+    model = build_backbone(dict(type='ResNet', depth=18, init_cfg=dict(
+        type=type_, checkpoint=str(path))))
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # at any depth: list entries, override (dict or list), other scopes
+    check_config_types(dict(type='ImageClassifier', init_cfg=[
+        dict(type='mmbackbone.Kaiming', layer='Conv2d'),
+        dict(type='mmengine.Normal', layer=[], override=[
+            dict(type=type_, name='backbone', checkpoint=str(path)),
+            dict(type='mmbackbone.Constant', name='head', val=0)]),
+        dict(type='Xavier', _scope_='mmbackbone', layer='Linear')]))
+
+
+@pytest.mark.parametrize('init_cfg,error,match', [
+    (dict(type='os.system', command='touch {marker}'), ValueError,
+     r"init_cfg\.type='os\.system': 'os' is not a scope with weight "
+     r'initializers'),
+    (dict(type='mmengine.runner.checkpoint.load_checkpoint',
+          filename='{marker}'), ValueError,
+     r"init_cfg\.type='mmengine\.runner\.checkpoint\.load_checkpoint' is "
+     r'an import path'),
+    (dict(type='mmbackbone.system'), KeyError,
+     r"init_cfg\.type='mmbackbone\.system': 'system' is not a registered "
+     r"weight initializer in scope 'mmbackbone'"),
+    (dict(type='ResNet'), KeyError,
+     r"init_cfg\.type='ResNet': 'ResNet' is not a registered weight "
+     r'initializer'),
+    ([dict(type='Normal', layer=[], override=dict(
+        type='os.system', name='stem', command='touch {marker}'))],
+     ValueError, r"init_cfg\[0\]\.override\.type='os\.system'"),
+    (dict(type='Normal', layer=[], override=[dict(
+        type='mmengine.dump', name='stem', obj=1, file='{marker}')]),
+     KeyError, r"init_cfg\.override\[0\]\.type='mmengine\.dump': 'dump' is "
+               r'not a registered weight initializer'),
+    (dict(type='Normal', _scope_='os'), ValueError,
+     r"init_cfg\._scope_='os' is not a registered scope"),
+    (dict(type=print), TypeError,
+     r'init_cfg\.type=<built-in function print> is neither a registered '
+     r'weight initializer'),
+])
+def test_init_cfg_refuses_what_is_not_a_registered_initializer(
+        tmp_path, init_cfg, error, match):
+    import json
+    marker = tmp_path / 'ran'
+    if not any(callable(v) for v in (init_cfg if isinstance(init_cfg, dict)
+                                     else {}).values()):
+        init_cfg = json.loads(json.dumps(init_cfg).replace(
+            '{marker}', str(marker)))
+    with pytest.raises(error, match=match):
+        build_backbone(dict(type='ResNet', depth=18, init_cfg=init_cfg))
+    assert not marker.exists()

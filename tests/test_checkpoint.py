@@ -423,3 +423,60 @@ def test_safetensors_limits_are_named(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r'deep\.pth.*nests 5001 '
                                               r'levels.*MAX_HEADER_NESTING'):
         read_state_dict(path)
+
+
+# ------------------------------------------- hints when no key matches
+def _classifier(**kwargs):
+    from mmbackbone.models import ImageClassifier
+    return ImageClassifier(backbone=dict(type='ResNet', depth=18),
+                           neck=dict(type='GlobalAveragePooling'),
+                           head=dict(type='LinearClsHead', num_classes=10,
+                                     in_channels=512), **kwargs)
+
+
+def test_backbone_file_into_a_classifier_points_to_the_backbone(
+        tmp_path, source):
+    """A backbone's file given to a whole classifier: prefix='backbone'
+    would not help; loading into the backbone does."""
+    path = save_state_dict(source.state_dict(), tmp_path / 'r18.pth')
+    model = _classifier(init_cfg=dict(type='Pretrained',
+                                      checkpoint=str(path)))
+    with pytest.raises(CheckpointError) as info:
+        model.init_weights()
+    message = str(info.value)
+    assert f'checkpoint {path}: none of its' in message
+    assert "prefix='backbone'" not in message
+    assert ('It holds weights of ImageClassifier.backbone (ResNet), not of '
+            'a whole ImageClassifier') in message
+    assert ("init_cfg=dict(type='Normal', layer=[], override=dict("
+            "type='Pretrained', name='backbone', checkpoint=...))") in message
+    # what the hint says works
+    fine = _classifier(init_cfg=dict(
+        type='Normal', layer=[], override=dict(
+            type='Pretrained', name='backbone', checkpoint=str(path))))
+    fine.init_weights()
+    assert_same_weights(fine.backbone, source)
+
+
+def test_classifier_file_into_a_backbone_points_to_the_prefix(tmp_path,
+                                                               source):
+    classifier = {f'backbone.{k}': v for k, v in source.state_dict().items()}
+    classifier['head.fc.weight'] = torch.zeros(10, 512)
+    path = save_state_dict(classifier, tmp_path / 'cls.pth')
+    with pytest.raises(CheckpointError,
+                       match=rf"checkpoint {path}: none of its .* Its keys "
+                             r"under 'backbone' fit ResNet: pass "
+                             r"prefix='backbone'"):
+        init_from(path)
+
+
+def test_foreign_file_asks_for_this_architecture(tmp_path):
+    path = save_state_dict({'encoder.layer.weight': torch.zeros(3)},
+                           tmp_path / 'bert.pth')
+    with pytest.raises(CheckpointError) as info:
+        init_from(path)
+    message = str(info.value)
+    assert message.endswith('Pass a checkpoint of this architecture, or '
+                            'prefix=... naming the part of the file that '
+                            'holds ResNet'), message
+    assert "prefix='backbone'" not in message and 'override' not in message

@@ -271,6 +271,59 @@ def test_checkpoint_path_errors_name_the_file(resnet18_file, tmp_path):
         TIMMBackbone('resnet18', checkpoint_path=tmp_path / 'shapes.pth')
 
 
+@pytest.mark.parametrize('features_only', [True, False])
+def test_checkpoint_path_format_is_read_from_the_bytes(resnet18_file,
+                                                       tmp_path, monkeypatch,
+                                                       features_only):
+    """timm picks its reader by the suffix: a .pth named .safetensors
+    reached safetensors' reader and a raw SafetensorError escaped. timm
+    now gets the tensors we read, never the path."""
+    from safetensors.torch import save_file
+    from timm.models import _builder
+    path, raw = resnet18_file
+
+    def no_path(*args, **kwargs):
+        raise AssertionError(f'timm read the file itself: {args}')
+
+    monkeypatch.setattr(_builder, 'load_state_dict', no_path)
+    pth_named_st = tmp_path / 'resnet18.safetensors'
+    pth_named_st.write_bytes(path.read_bytes())
+    st_named_pth = tmp_path / 'resnet18.pth'
+    save_file(raw.state_dict(), str(st_named_pth))
+    for file in (pth_named_st, st_named_pth):
+        model = TIMMBackbone('resnet18', features_only=features_only,
+                             checkpoint_path=str(file))
+        ours = model.timm_model.state_dict()
+        for key, value in raw.state_dict().items():
+            if not key.startswith('fc.'):
+                assert torch.equal(ours[key], value), (file, key)
+        # timm keeps its resolved config: no second copy of the weights
+        assert not [m for m in model.modules() if 'state_dict' in (
+            getattr(m, 'pretrained_cfg', None) or {})]
+    garbage = tmp_path / 'garbage.safetensors'
+    garbage.write_bytes(b'\x80\x02' + b'x' * 64)
+    with pytest.raises(CheckpointError, match=rf'checkpoint {garbage} '):
+        TIMMBackbone('resnet18', features_only=features_only,
+                     checkpoint_path=str(garbage))
+
+
+def test_timm_load_errors_name_the_file(resnet18_file, tmp_path,
+                                        monkeypatch):
+    """Whatever timm's filters raise comes back naming the file."""
+    from timm.models import _builder
+    path, _ = resnet18_file
+
+    def broken_filter(*args, **kwargs):
+        raise KeyError('pos_embed')
+
+    monkeypatch.setattr(_builder, 'load_pretrained', broken_filter)
+    with pytest.raises(CheckpointError,
+                       match=rf"checkpoint_path='{path}': timm could not "
+                             rf"load {path} into 'resnet18': KeyError: "
+                             r"'pos_embed'"):
+        TIMMBackbone('resnet18', checkpoint_path=str(path))
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(KeyError, match=r"resnet81.*Did you mean.*'resnet18'"):
         TIMMBackbone('resnet81')

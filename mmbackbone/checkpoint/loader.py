@@ -8,7 +8,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .convert import best_conversion
+from .convert import best_conversion, fit_score
 from .io import CheckpointError, read_state_dict
 from .resolve import resolve_checkpoint
 
@@ -127,9 +127,8 @@ def fit_state_dict(model: nn.Module, state_dict: StateDict, path
             f'checkpoint {path}: none of its {len(state_dict)} keys match '
             f'{type(model).__name__} (file keys like '
             f'{list(state_dict)[:3]}, model keys like {list(target)[:3]}; '
-            f'file prefixes: {_top_prefixes(state_dict)}). Pass '
-            f"prefix='backbone' for a whole classifier, or a checkpoint of "
-            f'this architecture')
+            f'file prefixes: {_top_prefixes(state_dict)}). '
+            f'{mismatch_hint(model, state_dict)}')
     adapted: List[str] = []
     adapt = getattr(model, 'adapt_state_dict', None)
     if adapt is not None:
@@ -147,3 +146,53 @@ def fit_state_dict(model: nn.Module, state_dict: StateDict, path
     report = LoadReport(Path(path), source, len(matched), missing,
                         unexpected, adapted)
     return {k: state_dict[k] for k in matched}, report
+
+
+def _fits(model: nn.Module, state_dict: StateDict) -> bool:
+    """At least half of the file's keys (after the best key conversion)
+    are the model's, with its shapes."""
+    if not state_dict:
+        return False
+    converted = best_conversion(state_dict, model)[1]
+    same = fit_score(converted, model.state_dict())[0]
+    return same > 0 and 2 * same >= len(converted)
+
+
+def mismatch_hint(model: nn.Module, state_dict: StateDict) -> str:
+    """What to do when no key of ``state_dict`` fits ``model``.
+
+    * The keys under one prefix of the file fit the model (a classifier's
+      file, the model a backbone): ``prefix=...``.
+    * The whole file fits a part of the model (a backbone's file, the model
+      a classifier): load it into that part, with ``init_cfg`` on the part
+      or an ``override`` naming it.
+    * Otherwise: a checkpoint of this architecture.
+    """
+    name = type(model).__name__
+    prefixes = _top_prefixes(state_dict)
+    by_size = sorted(prefixes, key=lambda p: -sum(
+        k.startswith(p + '.') for k in state_dict))
+    for prefix in by_size:
+        inner = {k[len(prefix) + 1:]: v for k, v in state_dict.items()
+                 if k.startswith(prefix + '.')}
+        if _fits(model, inner):
+            return (f'Its keys under {prefix!r} fit {name}: pass '
+                    f'prefix={prefix!r} (e.g. init_cfg=dict('
+                    f"type='Pretrained', checkpoint=..., prefix={prefix!r}))")
+    parts = [(n, m) for n, m in model.named_children()
+             if next(m.parameters(), None) is not None]
+    parts.sort(key=lambda item: item[0] != 'backbone')
+    for part, module in parts:
+        if _fits(module, state_dict):
+            return (f'It holds weights of {name}.{part} '
+                    f'({type(module).__name__}), not of a whole {name}: '
+                    f'load it into the {part}, with init_cfg=dict('
+                    f"type='Pretrained', checkpoint=...) in the {part} "
+                    f'config, or on {name} with init_cfg=dict(type='
+                    f"'Normal', layer=[], override=dict(type='Pretrained', "
+                    f"name={part!r}, checkpoint=...))")
+    hint = 'Pass a checkpoint of this architecture'
+    if prefixes:
+        hint += (', or prefix=... naming the part of the file that holds '
+                 f'{name}')
+    return hint

@@ -8,13 +8,18 @@ types, and before 2.6 it runs any pickle) and loads the model non-strictly,
 so another model's checkpoint gives a random model or a crash in the
 optimizer's step. Here:
 
-* :func:`read_training_checkpoint` unpickles with ``weights_only=True``
-  plus numpy's array and scalar types, allowed only while this one file is
-  read (a ``torch.serialization.safe_globals`` context, nothing
-  process-wide). A ``HistoryBuffer`` in the file becomes an inert
-  :class:`HistoryBufferRecord` (mmengine's own ``__setstate__`` would
-  update the class-level statistics table of every buffer in the process);
-  real buffers are then built from its validated arrays.
+* :func:`read_training_checkpoint` applies the limits of the weights
+  reader (:mod:`mmbackbone.checkpoint.limits`: zip structure and CRCs,
+  legacy storage sizes, tensor views) and unpickles with
+  ``weights_only=True`` plus numpy's array and scalar types, allowed only
+  while this one file is read (a ``torch.serialization.safe_globals``
+  context, nothing process-wide). A ``HistoryBuffer`` in the file becomes
+  an inert :class:`HistoryBufferRecord` (mmengine's own ``__setstate__``
+  would update the class-level statistics table of every buffer in the
+  process), and the ``getattr(HistoryBuffer, 'min')`` entries plain
+  mmengine pickles for its statistics methods become inert
+  :class:`GetattrRecord` objects that are dropped; real buffers are then
+  built from the validated arrays.
 * :func:`load_model_state` loads the model state strictly: missing,
   unexpected and mis-shaped keys are an error naming the file.
 * :func:`check_optimizer_state` compares the saved optimizer state with
@@ -27,6 +32,7 @@ Every error is a :class:`~mmbackbone.checkpoint.CheckpointError` (or
 ``FileNotFoundError``) naming the file and what to do.
 """
 import contextlib
+import io
 import pickle
 import re
 from collections import OrderedDict
@@ -36,9 +42,12 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
-from mmbackbone.checkpoint.io import CheckpointError, UnsafeCheckpointError
+from mmbackbone.checkpoint import limits
+from mmbackbone.checkpoint.io import (CheckpointError, InertValue,
+                                      UnsafeCheckpointError)
 
 HISTORY_BUFFER_NAME = 'mmengine.logging.history_buffer.HistoryBuffer'
+GETATTR_NAME = 'builtins.getattr'
 #: Names in a HistoryBuffer's pickled state that are read; any other is an
 #: error (mmengine's ``statistics_methods`` is never loaded).
 HISTORY_BUFFER_FIELDS = ('_log_history', '_count_history', 'max_length')
@@ -72,6 +81,29 @@ class HistoryBufferRecord:
         self.state = state
 
 
+class GetattrRecord(InertValue):
+    """What ``builtins.getattr`` unpickles to here: its arguments, stored.
+
+    mmengine's ``HistoryBuffer.__getstate__`` adds the class's statistics
+    methods to each buffer's state, and pickle protocol 2 (torch's) writes
+    ``HistoryBuffer.min`` as ``getattr(HistoryBuffer, 'min')``. Every
+    checkpoint plain mmengine writes (``Runner.save_checkpoint``,
+    ``CheckpointHook``) holds them. Here the call only records
+    ``(HistoryBufferRecord, 'min')``; getattr is never called, and
+    :func:`history_buffer_from_record` drops the methods (they are
+    class-level and already set).
+    """
+    origin = GETATTR_NAME
+
+    @property
+    def names_statistics_method(self) -> bool:
+        """``getattr(HistoryBuffer, '<name>')`` and nothing else."""
+        args = self.__dict__.get('args', ())
+        return (len(args) == 2 and args[0] is HistoryBufferRecord
+                and isinstance(args[1], str) and args[1].isidentifier()
+                and 'state' not in self.__dict__)
+
+
 def _numpy_globals() -> List[Any]:
     import numpy as np
     try:
@@ -93,10 +125,12 @@ def _numpy_globals() -> List[Any]:
 def training_checkpoint_globals() -> List[Any]:
     """The globals a training checkpoint may use besides torch's own.
 
-    numpy arrays, dtypes and scalars, and ``HistoryBuffer`` mapped to the
-    inert :class:`HistoryBufferRecord`.
+    numpy arrays, dtypes and scalars, ``HistoryBuffer`` mapped to the
+    inert :class:`HistoryBufferRecord` and ``getattr`` to the inert
+    :class:`GetattrRecord`.
     """
-    return _numpy_globals() + [(HistoryBufferRecord, HISTORY_BUFFER_NAME)]
+    return _numpy_globals() + [(HistoryBufferRecord, HISTORY_BUFFER_NAME),
+                               (GetattrRecord, GETATTR_NAME)]
 
 
 @contextlib.contextmanager
@@ -108,19 +142,26 @@ def training_checkpoint_context() -> Iterator[None]:
 
     Raises:
         RuntimeError: torch's process-wide safe globals hold mmengine's real
-            ``HistoryBuffer`` (``add_safe_globals``), whose unpickling
-            changes class-level state; both would answer to one name.
+            ``HistoryBuffer`` or the builtin ``getattr``
+            (``add_safe_globals``): both would answer to the name of a
+            stand-in, and unpickling the real ones runs code (the buffer's
+            ``__setstate__`` changes class-level state; ``getattr`` reads
+            any attribute of any allowed object).
     """
     from mmengine.logging import HistoryBuffer
     already = torch.serialization.get_safe_globals()
-    if any(g is HistoryBuffer or (isinstance(g, tuple) and g[0] is
-                                  HistoryBuffer) for g in already):
-        raise RuntimeError(
-            "torch.serialization's safe globals hold mmengine's HistoryBuffer "
-            '(added with add_safe_globals); loading it from a file changes '
-            'the statistics table of every buffer in the process. Remove it '
-            '(torch.serialization.clear_safe_globals()); training '
-            'checkpoints are read without it')
+    for real in (HistoryBuffer, getattr):
+        if any(g is real or (isinstance(g, tuple) and g[0] is real)
+               for g in already):
+            name = ("mmengine's HistoryBuffer" if real is HistoryBuffer
+                    else 'the builtin getattr')
+            raise RuntimeError(
+                f"torch.serialization's safe globals hold {name} (added with "
+                f'add_safe_globals); loading it from a file runs code (a '
+                f"HistoryBuffer changes the statistics table of every buffer "
+                f'in the process). Remove it '
+                f'(torch.serialization.clear_safe_globals()); training '
+                f'checkpoints are read without it')
     extra = [g for g in training_checkpoint_globals() if g not in already]
     with torch.serialization.safe_globals(extra):
         yield
@@ -129,35 +170,6 @@ def training_checkpoint_context() -> Iterator[None]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ''
-
-
-def _check_zip(path: Path) -> None:
-    """What torch.save never writes, refused before torch allocates."""
-    import zipfile
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            compressed = [i.filename for i in infos
-                          if i.compress_type != zipfile.ZIP_STORED]
-            if compressed:
-                raise CheckpointError(
-                    f'checkpoint {path} has compressed zip entries (e.g. '
-                    f'{compressed[0]!r}); torch.save never writes them. '
-                    f'Re-save it with torch.save')
-            size = path.stat().st_size
-            declared = sum(i.file_size for i in infos)
-            if declared > size:
-                raise CheckpointError(
-                    f'checkpoint {path} declares {declared} bytes of entries '
-                    f'in a {size}-byte file; it is truncated or corrupt')
-            bad = archive.testzip()
-    except zipfile.BadZipFile as err:
-        raise CheckpointError(
-            f'checkpoint {path} is truncated or corrupt ({_first_line(err)}); '
-            f'use an earlier checkpoint or copy the file again') from err
-    if bad is not None:
-        raise CheckpointError(f'checkpoint {path} is corrupt: entry {bad!r} '
-                              f'fails its CRC check; copy the file again')
 
 
 def _blocked_globals(path: Path, message: str) -> List[str]:
@@ -172,12 +184,14 @@ def _blocked_globals(path: Path, message: str) -> List[str]:
             'unknown']
 
 
-def _unpickle(path: Path, map_location: Any) -> Any:
+def _unpickle(path: Path, f: Any) -> Any:
+    """``torch.load`` of an open file, on the CPU (see
+    :func:`_target_device`)."""
     with training_checkpoint_context():
         try:
-            with open(path, 'rb') as f:
-                return torch.load(f, map_location=map_location,
-                                  weights_only=True)
+            # A file object, not the name: torch would pick a loader by the
+            # suffix (.safetensors).
+            return torch.load(f, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as err:
             blocked = _blocked_globals(path, str(err))
             if blocked:
@@ -185,18 +199,113 @@ def _unpickle(path: Path, map_location: Any) -> Any:
                     f'checkpoint {path} needs unsafe unpickling (blocked '
                     f'globals: {", ".join(blocked)}); training checkpoints '
                     f'are read with weights_only=True and nothing in them is '
-                    f'run. Use a checkpoint written by this library\'s '
-                    f'training, or re-save the weights with '
+                    f'run. Use a checkpoint written by mmengine or this '
+                    f'library\'s training, or re-save the weights with '
                     f'torch.save(state_dict)') from err
             raise CheckpointError(f'checkpoint {path} is corrupt '
                                   f'({_first_line(err)})') from err
         except (RuntimeError, EOFError, OSError, ValueError, TypeError,
                 AttributeError, KeyError, IndexError, MemoryError,
-                RecursionError) as err:
+                RecursionError, UnicodeDecodeError) as err:
             raise CheckpointError(
                 f'checkpoint {path} is truncated or corrupt '
                 f'({type(err).__name__}: {_first_line(err)}); use an earlier '
                 f'checkpoint or copy the file again') from err
+
+
+def _read_pickle(path: Path, size: int, legacy: bool) -> Any:
+    """Unpickle a torch file after the weights reader's structure checks:
+    :func:`~mmbackbone.checkpoint.limits.check_zip` (no compressed,
+    overlapping or out-of-file entries; CRCs) or
+    :func:`~mmbackbone.checkpoint.limits.check_legacy_storages`."""
+    if legacy:
+        with limits.NoFileno(io.FileIO(path)) as f:
+            limits.check_legacy_storages(path, f, size)
+            f.seek(0)
+            return _unpickle(path, f)
+    with open(path, 'rb') as f:
+        try:
+            limits.check_zip(path, f, size)
+        except CheckpointError as err:
+            cause = err.__cause__
+            if cause is None:
+                raise
+            # an archive zipfile cannot open: a cut-short copy, named as
+            # tools/test.py and the docs name it
+            raise CheckpointError(
+                f'checkpoint {path} is truncated or corrupt (a damaged zip '
+                f'archive: {_first_line(cause)}); use an earlier checkpoint '
+                f'or copy the file again') from cause
+        f.seek(0)
+        return _unpickle(path, f)
+
+
+def _tensors(obj: Any, path: Any, limit: int = 10 * limits.MAX_TENSORS
+             ) -> Dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples, by its place
+    (``'optimizer.state.0.exp_avg'``); each container once."""
+    found: Dict[str, torch.Tensor] = {}
+    seen = set()
+    stack = [('', obj)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            found.setdefault(where, value)
+        elif isinstance(value, (Mapping, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if len(seen) > limit:
+                raise CheckpointError(
+                    f'checkpoint {path} holds more than {limit} nested '
+                    f'containers; it is not a training checkpoint')
+            items = (value.items() if isinstance(value, Mapping)
+                     else enumerate(value))
+            stack.extend((f'{where}.{k}' if where else str(k), v)
+                         for k, v in items)
+    return found
+
+
+def _target_device(map_location: Any, path: Any) -> torch.device:
+    """The device ``map_location`` names (checked before the file is read).
+
+    The file is always read on the CPU so that
+    :func:`~mmbackbone.checkpoint.limits.check_tensors` sees every view
+    before anything is computed on; the checked tensors are then moved
+    (:func:`_to_device`). ``model.load_state_dict`` and the optimizer's
+    ``load_state_dict`` copy to their parameters' device in any case.
+    """
+    if map_location is None:
+        return torch.device('cpu')
+    if isinstance(map_location, (str, torch.device)):
+        try:
+            return torch.device(map_location)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f'map_location={map_location!r} for checkpoint '
+                             f'{path} is not a device ({_first_line(err)})'
+                             ) from err
+    raise TypeError(
+        f'map_location={map_location!r} for checkpoint {path}: give a device '
+        f"name such as 'cpu' or 'cuda:0' or a torch.device; a training "
+        f'checkpoint is read on the CPU, checked, then moved')
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with its tensors on ``device`` (containers kept)."""
+    if device.type == 'cpu':
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):  # in place: keeps _metadata and order
+        for key, item in value.items():
+            value[key] = _to_device(item, device)
+        return value
+    if isinstance(value, list):
+        value[:] = [_to_device(item, device) for item in value]
+        return value
+    if type(value) is tuple:
+        return tuple(_to_device(item, device) for item in value)
+    return value
 
 
 def _walk(obj: Any, limit: int = 100_000) -> Iterator[Tuple[str, Any]]:
@@ -224,12 +333,19 @@ def history_buffer_from_record(record: HistoryBufferRecord, path: Any,
     where = f'checkpoint {path}: message_hub log scalar {key!r}'
     if not isinstance(state, dict):
         raise CheckpointError(f'{where} is not a HistoryBuffer state')
+    methods = state.get('statistics_methods')
+    if isinstance(methods, dict) and all(
+            isinstance(k, str) and isinstance(v, GetattrRecord)
+            and v.names_statistics_method for k, v in methods.items()):
+        # plain mmengine's getattr(HistoryBuffer, 'min') entries: dropped,
+        # never looked up (the class keeps its own table)
+        state = {k: v for k, v in state.items() if k != 'statistics_methods'}
     unknown = sorted(map(str, set(state) - set(HISTORY_BUFFER_FIELDS)))
     if unknown:
         raise CheckpointError(
             f'{where} holds {unknown}; only {list(HISTORY_BUFFER_FIELDS)} are '
             f'read (statistics functions are never loaded from a file). Use '
-            f'a checkpoint written by tools/train.py')
+            f"a checkpoint written by mmengine's Runner or tools/train.py")
     log = state.get('_log_history')
     count = state.get('_count_history')
     max_length = state.get('max_length', 1000000)
@@ -250,8 +366,12 @@ def history_buffer_from_record(record: HistoryBufferRecord, path: Any,
 
 def _rebuild_message_hub(checkpoint: dict, path: Any) -> None:
     hub = checkpoint.get('message_hub')
-    if hub is None:
-        return
+    if hub is not None:
+        _rebuild_log_scalars(checkpoint, hub, path)
+    _refuse_stray_records(checkpoint, path)
+
+
+def _rebuild_log_scalars(checkpoint: dict, hub: Any, path: Any) -> None:
     if not isinstance(hub, Mapping) or not all(
             isinstance(hub.get(k), Mapping)
             for k in ('log_scalars', 'runtime_info', 'resumed_keys')):
@@ -268,16 +388,23 @@ def _rebuild_message_hub(checkpoint: dict, path: Any) -> None:
     hub = dict(hub)
     hub['log_scalars'] = scalars
     checkpoint['message_hub'] = hub
+
+
+def _refuse_stray_records(checkpoint: dict, path: Any) -> None:
+    """Stand-ins left anywhere else mean a file mmengine did not write."""
     try:
-        found = [where for where, value in _walk(checkpoint)
-                 if isinstance(value, HistoryBufferRecord)]
+        found = [(where, value) for where, value in _walk(checkpoint)
+                 if isinstance(value, (HistoryBufferRecord, GetattrRecord))]
     except CheckpointError as err:
         raise CheckpointError(f'checkpoint {path} holds {err}; it is not a '
                               f'training checkpoint') from None
     if found:
+        where, value = found[0]
+        what = ('a HistoryBuffer' if isinstance(value, HistoryBufferRecord)
+                else 'a getattr call')
         raise CheckpointError(
-            f'checkpoint {path}: a HistoryBuffer at {found[0]}, outside '
-            f'message_hub.log_scalars; it is not a training checkpoint '
+            f'checkpoint {path}: {what} at {where}, outside the statistics '
+            f'of message_hub.log_scalars; it is not a training checkpoint '
             f'written by mmengine')
 
 
@@ -307,22 +434,28 @@ def read_training_checkpoint(path: Any, map_location: Any = 'cpu',
                              what: str = 'checkpoint') -> Dict[str, Any]:
     """Read a checkpoint for ``load_from``, ``--resume`` or testing.
 
-    PyTorch files are unpickled with ``weights_only=True`` and the globals
-    of :func:`training_checkpoint_globals` for this read only; other
-    formats (safetensors) go through
-    :func:`~mmbackbone.checkpoint.read_state_dict` and come back as
-    ``{'state_dict': ...}``. Message-hub buffers are rebuilt from
-    validated arrays.
+    PyTorch files (zip or legacy) are checked as the weights reader
+    checks them (:mod:`mmbackbone.checkpoint.limits`), unpickled on the
+    CPU with ``weights_only=True`` and the globals of
+    :func:`training_checkpoint_globals` for this read only, and every
+    tensor in them (model, optimizer, anything else) goes through
+    :func:`~mmbackbone.checkpoint.limits.check_tensors`. Other formats
+    (safetensors) go through :func:`~mmbackbone.checkpoint.read_state_dict`
+    and come back as ``{'state_dict': ...}``. Message-hub buffers are
+    rebuilt from validated arrays; the statistics methods plain mmengine
+    pickles with them are dropped, never looked up.
 
     Args:
         path: a local file.
-        map_location: as for ``torch.load``.
+        map_location: a device name or ``torch.device`` the tensors are
+            moved to once checked (default ``'cpu'``).
         what: how the file was named (``'--resume'``, ``'load_from'``), for
             the messages.
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: empty, truncated, corrupt, unsafe or malformed.
+        TypeError: ``map_location`` is a dict or a function.
 
     Example:
         >>> import os, tempfile, torch
@@ -336,6 +469,7 @@ def read_training_checkpoint(path: Any, map_location: Any = 'cpu',
             f'{what}={path!r}: only local checkpoint files can be loaded; '
             f'download it and pass the local path')
     path = Path(path)
+    device = _target_device(map_location, path)
     if not path.is_file():
         raise FileNotFoundError(f'{what}: checkpoint file {path} does not '
                                 f'exist')
@@ -343,22 +477,24 @@ def read_training_checkpoint(path: Any, map_location: Any = 'cpu',
     if size == 0:
         raise CheckpointError(f'{what}: checkpoint {path} is empty (0 bytes)')
     with open(path, 'rb') as f:
-        head = f.read(4)
-    if head[:2] == b'PK':
-        _check_zip(path)
-        checkpoint = _unpickle(path, map_location)
+        head = f.read(16)
+    if head[:2] == b'PK' or (head[:1] == b'\x80' and head[8:9] != b'{'):
+        checkpoint = _read_pickle(path, size, legacy=head[:2] != b'PK')
     else:
-        # legacy pickles and safetensors hold weights only: the weights
-        # reader judges them
+        # safetensors hold weights only (and anything else is named by the
+        # weights reader): read_state_dict judges them
         from mmbackbone.checkpoint import read_state_dict
         checkpoint = {'state_dict': read_state_dict(path)}
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f'{what}: checkpoint {path} holds a {type(checkpoint).__name__}, '
             f'not a dict')
+    # the weights reader's limits: views, kinds, bytes viewed per stored
+    # byte, for the model state and everything else (optimizer moments)
+    limits.check_tensors(_tensors(checkpoint, path), path)
     _rebuild_message_hub(checkpoint, path)
     _check_runtime_info(checkpoint, path)
-    return checkpoint
+    return _to_device(checkpoint, device)
 
 
 # ------------------------------------------------------------- model state

@@ -243,6 +243,21 @@ def _logged_keys(messages: Sequence[str], kind: str) -> List[str]:
     return keys
 
 
+def _drop_state_dict_copies(model: nn.Module) -> None:
+    """Remove the state dicts timm keeps in ``pretrained_cfg``.
+
+    timm (1.0) stores the resolved ``pretrained_cfg`` on the model and on
+    its features wrapper, each a deep copy including a ``state_dict``
+    given in ``pretrained_cfg_overlay``: every weight would stay in memory
+    twice more for the model's lifetime.
+    """
+    for module in model.modules():
+        for name in ('pretrained_cfg', 'default_cfg'):
+            cfg = getattr(module, name, None)
+            if isinstance(cfg, dict):
+                cfg.pop('state_dict', None)
+
+
 @MODELS.register_module()
 class TIMMBackbone(BaseBackbone):
     """Any `timm <https://github.com/huggingface/pytorch-image-models>`_
@@ -262,9 +277,10 @@ class TIMMBackbone(BaseBackbone):
 
     Weights, three ways:
 
-    - ``checkpoint_path``: a local file (or URL) of timm keys. It goes
-      through timm's own loader (``pretrained=True`` with
-      ``pretrained_cfg_overlay=dict(file=...)``), so the model's filter
+    - ``checkpoint_path``: a local file (or URL) of timm keys, read by
+      mmbackbone's reader (the format from the bytes, never the suffix),
+      then loaded by timm's own loader (``pretrained=True`` with
+      ``pretrained_cfg_overlay=dict(state_dict=...)``), so the model's filter
       (e.g. ViT ``pos_embed`` resizing), input-channel adaptation and the
       classifier drop apply, and it works with ``features_only=True``
       (plain ``timm.create_model(checkpoint_path=...)`` does not). It
@@ -486,29 +502,55 @@ class TIMMBackbone(BaseBackbone):
 
     def _create_from_file(self, timm, path: Path, kwargs: dict, what: str,
                           custom_load: bool = False) -> nn.Module:
-        """Build the model and load ``path`` through timm's loader."""
-        from mmbackbone.checkpoint import read_state_dict
-        if not custom_load:
-            read_state_dict(path)  # safe read: fails early, naming the file
+        """Build the model and load ``path`` through timm's loader.
+
+        The file is read once, by :func:`~mmbackbone.checkpoint
+        .read_state_dict` (format from the bytes, limits checked), and timm
+        gets the tensors read (``pretrained_cfg_overlay=dict(state_dict=
+        ...)``), never the path: timm picks its reader by the file's suffix,
+        so a ``.pth`` named ``.safetensors`` would reach safetensors' reader
+        and fail with its own error, and a file changed after our read
+        would load unchecked. timm's model-specific formats
+        (``custom_load``, numpy ``.npz`` read without pickle) keep timm's
+        reader.
+        """
+        from mmbackbone.checkpoint import CheckpointError, read_state_dict
         overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {},
                        file=str(path))
         if custom_load:  # timm's model-specific reader (numpy, no pickle)
             overlay['custom_load'] = True
+        else:
+            # state_dict outranks every other source in timm's resolution
+            # unless source names the hub or a folder: cleared
+            overlay.update(state_dict=dict(read_state_dict(path)),
+                           source=None, custom_load=False)
         try:
             with _capture_timm_load_log() as messages:
                 model = timm.create_model(self.model_name, pretrained=True,
                                           pretrained_cfg_overlay=overlay,
                                           **kwargs)
-        except RuntimeError as err:
-            from mmbackbone.checkpoint import CheckpointError
-            raise CheckpointError(
-                f'{what}: timm could not load {path} into '
-                f'{self.model_name!r}: {str(err)[:600].rstrip(".")}. '
-                f'checkpoint_path takes '
-                f'plain timm keys; for a file of timm_model.* keys use '
-                f"init_cfg=dict(type='Pretrained', checkpoint=...)") from err
+        except TypeError as err:
+            if 'unexpected keyword argument' in str(err):
+                raise  # a timm argument, not the file
+            raise self._load_error(what, path, err) from err
+        except CheckpointError:
+            raise
+        except Exception as err:  # timm's filters raise anything
+            raise self._load_error(what, path, err) from err
+        finally:
+            overlay.pop('state_dict', None)
+        _drop_state_dict_copies(model)
         self._check_timm_load(model, messages, f'checkpoint {path}')
         return model
+
+    def _load_error(self, what: str, path: Path, err: Exception):
+        from mmbackbone.checkpoint import CheckpointError
+        text = str(err)[:600].rstrip('.') or type(err).__name__
+        return CheckpointError(
+            f'{what}: timm could not load {path} into {self.model_name!r}: '
+            f'{type(err).__name__}: {text}. checkpoint_path takes plain '
+            f'timm keys; for a file of timm_model.* keys use '
+            f"init_cfg=dict(type='Pretrained', checkpoint=...)")
 
     def _check_timm_load(self, model: nn.Module, messages: List[str],
                          source: str) -> None:
