@@ -51,8 +51,9 @@ def check_zip(path: Path, f: BinaryIO, size: int) -> None:
     try:
         archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-        raise _error(f'checkpoint {path} is a damaged zip archive ({err}); '
-                     f'fetch or copy the file again') from err
+        raise _error(f'checkpoint {path} is truncated or corrupt (a damaged '
+                     f'zip archive: {err}); fetch or copy the file again'
+                     ) from err
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_TENSORS + 16:
@@ -90,8 +91,9 @@ def check_zip(path: Path, f: BinaryIO, size: int) -> None:
         try:
             bad = archive.testzip()  # streams: memory stays small
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-            raise _error(f'checkpoint {path} is a damaged zip archive '
-                         f'({err}); fetch or copy the file again') from err
+            raise _error(f'checkpoint {path} is truncated or corrupt (a '
+                         f'damaged zip archive: {err}); fetch or copy the '
+                         f'file again') from err
     if bad is not None:
         raise _error(f'checkpoint {path} is corrupt: entry {bad!r} fails its '
                      f'CRC check (a damaged download or copy); fetch the '
