@@ -26,8 +26,12 @@ $(VENV)/.installed: setup.py requirements/runtime.txt requirements/tests.txt req
 demo: install
 	OMP_NUM_THREADS=1 $(BIN)/python tools/train.py $(DEMO_CONFIG) --work-dir work_dirs/demo
 
+# The suite, then every docstring `Example:` of the library run as a doctest
+# (a second run: --doctest-modules over tests/ would import the test
+# modules a second time, as doctest modules).
 test: install
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --doctest-modules mmbackbone
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache

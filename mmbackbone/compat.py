@@ -3,11 +3,13 @@
 mmcls tutorials check frozen norm layers with
 ``from mmcv.utils.parrots_wrapper import _BatchNorm``. mmcv 2 moved that
 module to ``mmengine.utils.dl_utils.parrots_wrapper``; when the old path is
-missing, importing it gives the new one, so such snippets run unchanged
-with mmbackbone. Nothing is replaced if the path exists.
+missing, :func:`alias_mmcv_parrots_wrapper` makes importing it give the
+new one, so such snippets run with mmbackbone after one call. Nothing is
+replaced if the path exists.
 
-The alias is an import hook that answers for that one module name only,
-so ``import mmbackbone`` does not import mmcv (about 0.25 s) to set it up.
+The alias is opt-in: ``import mmbackbone`` installs nothing. Once called,
+it is an import hook that answers for that one module name only, so the
+call does not import mmcv (about 0.25 s) to set it up.
 """
 import importlib.abc
 import importlib.util
@@ -55,8 +57,14 @@ def _mmcv_has_parrots_wrapper() -> bool:
 def alias_mmcv_parrots_wrapper() -> None:
     """Make ``mmcv.utils.parrots_wrapper`` importable on mmcv 2.
 
+    Installs an import hook (first in ``sys.meta_path``) for that one name
+    when mmcv is installed without it; does nothing when mmcv 1.x ships the
+    module, when mmcv is missing, or when already called. Call it before
+    running mmcls 0.x code that imports the old path.
+
     Example:
-        >>> import mmbackbone
+        >>> from mmbackbone.compat import alias_mmcv_parrots_wrapper
+        >>> alias_mmcv_parrots_wrapper()
         >>> from mmcv.utils.parrots_wrapper import _BatchNorm
         >>> _BatchNorm.__name__
         '_BatchNorm'

@@ -169,3 +169,91 @@ def test_layers_built_without_mmcv_equal_mmcv_builds():
     assert all(loaded)
     assert without == with_mmcv
     assert without[-1][1] == 'mmcv.cnn.bricks.wrappers.Conv2d'
+
+
+SNAPSHOT_OUTSIDE = '''
+import json, sys
+import torch  # noqa: F401  (what torch itself installs is not ours)
+from mmengine import registry as root
+
+
+def snapshot():
+    regs = {}
+    for name in sorted(dir(root)):
+        reg = getattr(root, name)
+        if isinstance(reg, root.Registry):
+            regs[name] = dict(
+                types={k: v.__module__ for k, v in reg.module_dict.items()},
+                children=sorted(reg.children))
+    return dict(meta_path=[type(f).__module__ + '.' + type(f).__qualname__
+                           for f in sys.meta_path],
+                path_hooks=[repr(h) for h in sys.path_hooks],
+                registries=regs)
+
+
+before = snapshot()
+import mmbackbone  # noqa: E402,F401
+after = snapshot()
+after['parrots_alias'] = 'mmcv.utils.parrots_wrapper' in sys.modules
+print(json.dumps(dict(before=before, after=after)))
+'''
+
+
+def test_import_installs_no_hook_and_changes_nothing_outside():
+    """``import mmbackbone`` adds no import hook (the mmcv 1.x alias is
+    opt-in: :func:`mmbackbone.compat.alias_mmcv_parrots_wrapper`) and, in
+    other scopes' registries, only its own child scope; types that appear
+    there are registered by the mmengine modules it imports."""
+    found = run_python(SNAPSHOT_OUTSIDE)
+    before, after = found['before'], found['after']
+    assert after['meta_path'] == before['meta_path']
+    assert after['path_hooks'] == before['path_hooks']
+    assert after['parrots_alias'] is False
+    for name, reg in after['registries'].items():
+        old = before['registries'][name]
+        assert set(reg['children']) - set(old['children']) <= {'mmbackbone'}
+        for key, value in old['types'].items():
+            assert reg['types'][key] == value, (name, key)
+        ours = {k: m for k, m in reg['types'].items()
+                if k not in old['types'] and m.startswith('mmbackbone')}
+        assert not ours, (name, ours)
+
+
+def test_parrots_wrapper_alias_is_opt_in():
+    found = run_python(
+        'import json, sys, mmbackbone\n'
+        'from mmbackbone.compat import alias_mmcv_parrots_wrapper\n'
+        'n = len(sys.meta_path)\n'
+        'alias_mmcv_parrots_wrapper(); alias_mmcv_parrots_wrapper()\n'
+        'from mmcv.utils.parrots_wrapper import _BatchNorm\n'
+        'import torch\n'
+        'print(json.dumps([len(sys.meta_path) - n,\n'
+        '                  _BatchNorm is torch.nn.modules.batchnorm._BatchNorm'
+        ']))')
+    assert found == [1, True]
+
+
+ENGINE_IMPORT_WARNINGS = '''
+import json, warnings
+import mmengine
+{patch}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    import mmbackbone.engine, mmbackbone.engine.runner
+print(json.dumps(sorted(str(w.message).split()[0] for w in caught
+                        if type(w.message).__name__ ==
+                        'MmengineVersionWarning')))
+'''
+
+
+@pytest.mark.parametrize('installed,warned', [
+    (None, []),
+    ('0.11.0', ['mmbackbone.engine.config',
+                'mmbackbone.engine.hooks.atomic_checkpoint_hook',
+                'mmbackbone.engine.runner']),
+])
+def test_copies_of_mmengine_private_code_check_its_version(installed, warned):
+    """Modules that override mmengine's private methods name the version
+    they follow and warn, once, at import on another one."""
+    patch = f'mmengine.__version__ = {installed!r}' if installed else ''
+    assert run_python(ENGINE_IMPORT_WARNINGS.format(patch=patch)) == warned

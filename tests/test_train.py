@@ -2,9 +2,7 @@
 import json
 import pickle
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -177,33 +175,43 @@ def test_dotted_types_and_bad_flags_stop_before_anything_runs(tmp_path):
     assert not work_dir.exists()
 
 
+#: Runs tools/train.py and kills the process (os._exit, no cleanup) right
+#: after the first ``last_checkpoint`` is written: a kill at a known point,
+#: whatever the machine's load.
+KILL_AFTER_FIRST_CHECKPOINT = """
+import os, sys
+from mmbackbone.engine.hooks import atomic_checkpoint_hook as hook
+write = hook.atomic_write_text
+
+def write_then_die(path, text):
+    write(path, text)
+    if os.path.basename(path) == 'last_checkpoint':
+        os._exit(137)
+
+hook.atomic_write_text = write_then_die
+sys.path.insert(0, {tools!r})
+import train
+train.main(sys.argv[1:])
+"""
+
+
 def test_killed_run_resumes_to_the_same_end(tmp_path, capsys):
     options = tiny_options(epochs=3, train=128, val=64, batch=32,
                            augment=False)
     killed = tmp_path / 'killed'
-    cmd = [PYTHON, str(ROOT / 'tools' / 'train.py'), str(DIGITS_PY),
-           '--work-dir', str(killed), *options]
-    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=subprocess_env(),
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not (killed / 'last_checkpoint').exists():
-            assert proc.poll() is None, 'training exited before a checkpoint'
-            assert time.time() < deadline, 'no checkpoint after 240 s'
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    # usually killed in epoch 2; a starved test process may see epoch 2's
-    # checkpoint first: resume from whichever epoch was saved last
+    driver = tmp_path / 'driver.py'
+    driver.write_text(KILL_AFTER_FIRST_CHECKPOINT.format(
+        tools=str(ROOT / 'tools')))
+    proc = subprocess.run([PYTHON, str(driver), str(DIGITS_PY),
+                           '--work-dir', str(killed), *options],
+                          cwd=str(tmp_path), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, proc.stderr[-3000:]
     saved = Path((killed / 'last_checkpoint').read_text().strip()).name
-    assert saved in ('epoch_1.pth', 'epoch_2.pth'), saved
-    saved_epoch = int(saved[len('epoch_'):-len('.pth')])
+    assert saved == 'epoch_1.pth', saved
+    saved_epoch = 1
     assert (killed / saved).is_file()
-    assert not (killed / 'epoch_3.pth').exists()
+    assert not (killed / 'epoch_2.pth').exists()
 
     # the killed run used one thread (subprocess_env); so do these, so
     # that all three runs sum floats in the same order
@@ -217,10 +225,14 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert resumed.epoch == 3 and (killed / 'epoch_3.pth').is_file()
-    log = sorted(killed.glob('*/*.log'))[-1].read_text()
+    # the resumed run's own log dir (timestamped names of two runs in one
+    # second, or of another test's run in this process, cannot mix them)
+    run_dir = Path(resumed.log_dir)
+    assert run_dir.parent == killed
+    log = next(run_dir.glob('*.log')).read_text()
     assert f'resumed epoch: {saved_epoch}' in log
     # the resumed run trained the remaining epochs only
-    last_run = sorted(killed.glob('*/vis_data/scalars.json'))[-1]
+    last_run = run_dir / 'vis_data' / 'scalars.json'
     resumed_train = [json.loads(line) for line in
                      last_run.read_text().splitlines() if 'loss' in line]
     assert {r['epoch'] for r in resumed_train} == set(

@@ -30,7 +30,8 @@ from mmbackbone.checkpoint import (CheckpointError, UnsafeCheckpointError,
                                    read_state_dict)
 from mmbackbone.engine import (UnsafeConfigError, WorkDirError,
                                harden_training_config)
-from mmbackbone.engine.faults import atomic_write_text, check_work_dir
+from mmbackbone.engine.atomic import atomic_write_text
+from mmbackbone.engine.hooks import check_work_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'resnet' / 'resnet18_digits.py')
@@ -394,7 +395,8 @@ def test_hostile_history_buffer_leaves_the_class_table_alone(tmp_path):
         HistoryBuffer._statistics_methods.update(table)
 
 
-def test_training_checkpoint_globals_are_never_process_wide(tmp_path):
+@pytest.mark.parametrize('real', ['HistoryBuffer', 'getattr'])
+def test_training_checkpoint_globals_are_never_process_wide(tmp_path, real):
     from mmengine.logging import HistoryBuffer
 
     from mmbackbone.engine import read_training_checkpoint
@@ -403,16 +405,19 @@ def test_training_checkpoint_globals_are_never_process_wide(tmp_path):
     torch.save({'state_dict': {'w': torch.ones(1)}}, path)
     read_training_checkpoint(path)
     allowed = torch.serialization.get_safe_globals()
-    assert not [g for g in [HistoryBuffer, *training_checkpoint_globals()]
+    assert not [g for g in [HistoryBuffer, getattr,
+                            *training_checkpoint_globals()]
                 if g in allowed]
-    torch.serialization.add_safe_globals([HistoryBuffer])
+    real, name = ((HistoryBuffer, "mmengine's HistoryBuffer")
+                  if real == 'HistoryBuffer' else (getattr, 'the builtin '
+                                                            'getattr'))
+    torch.serialization.add_safe_globals([real])
     try:
-        with pytest.raises(RuntimeError, match='safe globals hold '
-                                               "mmengine's HistoryBuffer"):
+        with pytest.raises(RuntimeError, match=f'safe globals hold {name}'):
             read_training_checkpoint(path)
     finally:
         torch.serialization._weights_only_unpickler._remove_safe_globals(
-            [HistoryBuffer])
+            [real])
 
 
 @pytest.fixture(scope='module')
@@ -501,7 +506,8 @@ def test_resume_of_a_weights_only_file_is_named(trained, tmp_path):
 def test_resume_never_builds_a_config_from_the_file(trained, tmp_path):
     """mmengine's resume parses meta['config'] as a Python config (it runs
     it); ours never reads that key."""
-    from mmbackbone.engine.faults import _portable_history_buffers
+    from mmbackbone.engine.atomic import \
+        portable_history_buffers as _portable_history_buffers
     work_dir = _copy_run(trained, tmp_path)
     marker = tmp_path / 'ran'
     ckpt = work_dir / 'epoch_1.pth'
@@ -515,7 +521,8 @@ def test_resume_never_builds_a_config_from_the_file(trained, tmp_path):
 
 def test_resumed_best_path_outside_the_work_dir_is_never_deleted(
         trained, tmp_path):
-    from mmbackbone.engine.faults import _portable_history_buffers
+    from mmbackbone.engine.atomic import \
+        portable_history_buffers as _portable_history_buffers
     work_dir = _copy_run(trained, tmp_path)
     victim = tmp_path / 'best_precious.pth'
     victim.write_bytes(b'keep me')
@@ -667,3 +674,236 @@ def test_published_checkpoint_is_named_by_its_sha256(trained, tmp_path,
     assert published[0].name == f'epoch_1-{sha[:8]}.pth'
     assert sorted(torch.load(published[0], weights_only=True)) == [
         'meta', 'state_dict']
+
+
+# ------------------------------------ checkpoints written by plain mmengine
+def _toy_model():
+    from mmengine.model import BaseModel
+    from torch import nn
+
+    class Toy(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, mode='tensor'):
+            out = self.fc(x)
+            return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+    return Toy()
+
+
+class _ToyData(torch.utils.data.Dataset):
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return dict(x=torch.full((4, ), float(i)))
+
+
+def _toy_runner(runner_cls, work_dir, epochs, **kwargs):
+    return runner_cls(
+        model=_toy_model(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=_ToyData(), batch_size=4,
+                              sampler=dict(type='DefaultSampler',
+                                           shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[1],
+                             by_epoch=True),
+        train_cfg=dict(by_epoch=True, max_epochs=epochs),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=1)),
+        default_scope='mmengine', log_level='WARNING', **kwargs)
+
+
+@pytest.fixture(scope='module')
+def plain_mmengine_checkpoint(tmp_path_factory):
+    """epoch_1.pth of a run of mmengine's own Runner and CheckpointHook
+    (no hook of this library): its message hub pickles the statistics
+    methods as getattr(HistoryBuffer, 'min')."""
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+    work_dir = tmp_path_factory.mktemp('plain')
+    _toy_runner(Runner, work_dir, epochs=1).train()
+    DefaultScope._instance_dict.clear()
+    path = work_dir / 'epoch_1.pth'
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    assert 'builtins.getattr' in unsafe, unsafe  # the case under test
+    return path
+
+
+def test_plain_mmengine_checkpoint_reads_without_calling_getattr(
+        plain_mmengine_checkpoint, monkeypatch):
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.engine import read_training_checkpoint
+    path = plain_mmengine_checkpoint
+    HistoryBuffer()  # the class table holds mmengine's defaults
+    marker = object()
+    monkeypatch.setitem(HistoryBuffer._statistics_methods, 'min', marker)
+    table = dict(HistoryBuffer._statistics_methods)
+    checkpoint = read_training_checkpoint(path)
+    # mmengine's __setstate__ would have put HistoryBuffer.min back
+    assert HistoryBuffer._statistics_methods == table
+    assert HistoryBuffer._statistics_methods['min'] is marker
+    full = torch.load(path, weights_only=False)
+    scalars = checkpoint['message_hub']['log_scalars']
+    assert list(scalars) == list(full['message_hub']['log_scalars'])
+    for key, buffer in scalars.items():
+        assert type(buffer) is HistoryBuffer
+        assert 'statistics_methods' not in vars(buffer)
+        expected = full['message_hub']['log_scalars'][key]
+        assert buffer.data[0].tolist() == expected.data[0].tolist()
+    assert torch.equal(checkpoint['state_dict']['fc.weight'],
+                       full['state_dict']['fc.weight'])
+
+
+def test_plain_mmengine_checkpoint_resumes(plain_mmengine_checkpoint,
+                                           tmp_path):
+    from mmbackbone.engine.runner import SafeLoadRunner
+    work_dir = tmp_path / 'w'
+    runner = _toy_runner(SafeLoadRunner, work_dir, epochs=2, resume=True,
+                         load_from=str(plain_mmengine_checkpoint))
+    runner.train()
+    assert runner.epoch == 2 and runner.iter == 4
+    # only the second epoch ran
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == ['epoch_2.pth']
+
+
+def test_plain_mmengine_checkpoint_as_load_from(plain_mmengine_checkpoint,
+                                                tmp_path):
+    from mmbackbone.engine.runner import SafeLoadRunner
+    runner = _toy_runner(SafeLoadRunner, tmp_path / 'w', epochs=1,
+                         load_from=str(plain_mmengine_checkpoint))
+    runner.load_or_resume()
+    saved = torch.load(plain_mmengine_checkpoint, weights_only=False)
+    for key, value in runner.model.state_dict().items():
+        assert torch.equal(value, saved['state_dict'][key]), key
+
+
+def _save_with_getattr(path, where):
+    """A training checkpoint with getattr(HistoryBuffer, 'min') in ``where``
+    ('meta') or an OrderedDict method among the statistics ('methods')."""
+    from collections import OrderedDict
+
+    from mmengine.logging import HistoryBuffer
+    checkpoint = {'meta': {'epoch': 1, 'iter': 2},
+                  'state_dict': {'w': torch.ones(2)},
+                  'message_hub': {'log_scalars': {
+                      'loss': HistoryBuffer([1.0], [1])},
+                      'runtime_info': {}, 'resumed_keys': {}}}
+    if where == 'meta':
+        checkpoint['meta']['hook'] = HistoryBuffer.min
+    else:
+        HistoryBuffer._statistics_methods.setdefault('keys',
+                                                     OrderedDict.keys)
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        HistoryBuffer._statistics_methods.pop('keys', None)
+
+
+@pytest.mark.parametrize('where,message', [
+    ('meta', r"a getattr call at \['meta'\]\['hook'\], outside the "
+             r'statistics of message_hub\.log_scalars'),
+    ('methods', r"message_hub log scalar 'loss' holds \['statistics_methods'\]; only "),
+])
+def test_getattr_elsewhere_in_a_training_checkpoint_is_refused(
+        tmp_path, where, message):
+    from mmbackbone.engine import read_training_checkpoint
+    path = tmp_path / 'epoch_1.pth'
+    _save_with_getattr(path, where)
+    assert 'builtins.getattr' in \
+        torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    with pytest.raises(CheckpointError, match=rf'checkpoint {path}: '
+                                              + message):
+        read_training_checkpoint(path)
+
+
+# ------------------------------- the weights reader's limits, on resume
+def _optimizer_checkpoint(momentum):
+    return {'meta': {'epoch': 1, 'iter': 2},
+            'state_dict': {'w': torch.ones(2)},
+            'optimizer': {'state': {0: {'momentum_buffer': momentum}},
+                          'param_groups': [{'lr': 0.1, 'params': [0]}]}}
+
+
+@pytest.mark.parametrize('kind,momentum,message', [
+    ('stride-0', torch.ones(1).expand(1_000_000),
+     r"optimizer\.state\.0\.momentum_buffer' \(shape "
+     r'\(1000000,\), stride \(0,\)\) is a stride-0 view'),
+    ('overlap', torch.ones(8).as_strided((4, 4), (1, 1)),
+     r"optimizer\.state\.0\.momentum_buffer' \(shape \(4, 4\), stride "
+     r'\(1, 1\)\) is a view whose elements overlap'),
+    ('sparse', torch.ones(2).to_sparse(),
+     r"optimizer\.state\.0\.momentum_buffer' is a sparse "
+     r'\(torch\.sparse_coo\) tensor'),
+])
+def test_training_checkpoint_tensor_views_are_checked(tmp_path, kind,
+                                                      momentum, message):
+    from mmbackbone.engine import read_training_checkpoint
+    path = tmp_path / f'{kind}.pth'
+    torch.save(_optimizer_checkpoint(momentum), path)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path}: '"
+                                              + message):
+        read_training_checkpoint(path)
+
+
+def _rezip(src, dst, duplicate=None):
+    """Copy a torch zip, entries STORED, one entry written twice."""
+    import warnings
+    import zipfile
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(
+            dst, 'w', zipfile.ZIP_STORED) as new, warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # zipfile warns of the duplicate
+        for info in old.infolist():
+            data = old.read(info)
+            new.writestr(info.filename, data)
+            if info.filename.endswith(duplicate or '\0'):
+                new.writestr(info.filename, data)
+
+
+def test_training_checkpoint_zip_structure_is_checked(tmp_path):
+    from mmbackbone.engine import read_training_checkpoint
+    good = tmp_path / 'good.pth'
+    torch.save(_optimizer_checkpoint(torch.ones(2)), good)
+    twice = tmp_path / 'twice.pth'
+    _rezip(good, twice, duplicate='data.pkl')
+    with pytest.raises(CheckpointError, match=rf"checkpoint {twice}: zip "
+                                              r"entry '.*data\.pkl' appears "
+                                              r'twice'):
+        read_training_checkpoint(twice)
+    same = tmp_path / 'same.pth'
+    _rezip(good, same)
+    assert read_training_checkpoint(same)['meta'] == {'epoch': 1, 'iter': 2}
+
+
+def test_legacy_format_training_checkpoint_keeps_its_message_hub(
+        plain_mmengine_checkpoint, tmp_path):
+    from mmengine.logging import HistoryBuffer
+
+    from mmbackbone.engine import read_training_checkpoint
+    legacy = tmp_path / 'legacy.pth'
+    full = torch.load(plain_mmengine_checkpoint, weights_only=False)
+    torch.save(full, legacy, _use_new_zipfile_serialization=False)
+    checkpoint = read_training_checkpoint(legacy)
+    assert checkpoint['meta']['epoch'] == 1
+    assert all(type(b) is HistoryBuffer for b in
+               checkpoint['message_hub']['log_scalars'].values())
+    assert torch.equal(checkpoint['optimizer']['state'][0]['momentum_buffer'],
+                       full['optimizer']['state'][0]['momentum_buffer'])
+
+
+def test_map_location_moves_checked_tensors_or_is_named(tmp_path):
+    from mmbackbone.engine import read_training_checkpoint
+    path = tmp_path / 'w.pth'
+    torch.save(_optimizer_checkpoint(torch.ones(2)), path)
+    checkpoint = read_training_checkpoint(path, map_location=torch.device(
+        'cpu'))
+    assert checkpoint['state_dict']['w'].device.type == 'cpu'
+    with pytest.raises(TypeError, match=rf"map_location=.* for checkpoint "
+                                        rf"{path}: give a device name"):
+        read_training_checkpoint(path, map_location=lambda s, loc: s)

@@ -47,6 +47,8 @@ for out in outs:
 import torch
 from mmbackbone.models import build_backbone
 x = torch.randn( (1, 3, 224, 224) )
+from mmbackbone.compat import alias_mmcv_parrots_wrapper
+alias_mmcv_parrots_wrapper()  # mmcv 2 moved the module mmcls 0.x imports
 from mmcv.utils.parrots_wrapper import _BatchNorm
 frozen_stages = 2
 backbone_cfg = dict(

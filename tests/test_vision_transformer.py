@@ -457,3 +457,30 @@ def test_layer_depth_matches_mmpretrain():
             ref.get_layer_depth(name, 'backbone.'), name
     assert model.get_layer_depth('head.fc.weight', 'backbone.') == \
         ref.get_layer_depth('head.fc.weight', 'backbone.')
+
+
+# ------------------------------------------------------ pretrained names
+@pytest.mark.parametrize('arch,weights', [
+    ('deit-b', 'deit_base_patch16_224.fb_in1k'),
+    ('deit-base', 'deit_base_patch16_224.fb_in1k'),
+    ('b', 'vit_base_patch16_224.augreg2_in21k_ft_in1k'),
+    ('BASE', 'vit_base_patch16_224.augreg2_in21k_ft_in1k'),
+    ('tiny', 'deit_tiny_patch16_224.fb_in1k'),
+])
+def test_pretrained_follows_the_alias_map(arch, weights, monkeypatch):
+    """``'deit-b'`` is DeiT-B (its row equals ViT-B's, its weights do
+    not); the load itself is intercepted."""
+    from mmbackbone.models import BaseBackbone
+    asked = []
+    monkeypatch.setattr(BaseBackbone, 'init_weights',
+                        lambda self: asked.append(self.init_cfg))
+    with torch.device('meta'):
+        vit(arch=arch, pretrained=True)
+    assert asked == [dict(type='Pretrained',
+                          checkpoint=f'mmbackbone://{weights}', prefix=None)]
+
+
+def test_pretrained_with_a_custom_arch_is_refused():
+    with pytest.raises(ValueError, match='custom arch has no indexed '
+                                         'weights'):
+        vit(arch=MINI, pretrained=True)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mmbackbone import build_backbone, list_backbones
-from mmbackbone.models.backbones.base_backbone import NORM_TYPES
+from mmbackbone.models.backbones.base_backbone import NORM_TYPES, BaseBackbone
 from mmbackbone.registry import MODELS
+from mmbackbone.zoo import default_weights, list_weights
 
 #: Parameter count above which an arch is only checked on the meta device.
 SMALL_PARAMS = 15_000_000
@@ -218,3 +219,45 @@ def test_flat_params_round_trip(type_name, arch):
 def test_zoo_covers_every_type():
     uncovered = [p.values[0] for p in CASES if p.values[1] is None]
     assert not uncovered, f'types without zoo_configs: {uncovered}'
+
+
+# ------------------------------------------------------------ arch aliases
+def alias_cases():
+    """(type, alias, canonical name) of every family's ``arch_aliases``."""
+    return [pytest.param(type_name, alias, canonical,
+                         id=f'{type_name}-{alias}')
+            for type_name in list_backbones()
+            for alias, canonical in getattr(MODELS.get(type_name),
+                                            'arch_aliases', {}).items()]
+
+
+@pytest.mark.parametrize('type_name,alias,canonical', alias_cases())
+def test_alias_resolves_to_its_canonical_weights(type_name, alias, canonical,
+                                                 monkeypatch):
+    """pretrained=True on an alias asks for the canonical arch's default
+    entry (the load itself is intercepted: no download)."""
+    cls = MODELS.get(type_name)
+    assert alias in cls.zoo_configs and canonical in cls.zoo_configs
+    assert canonical not in cls.arch_aliases  # one step to the name
+    if not any(e.type == type_name and e.arch == canonical
+               for e in list_weights()):
+        with pytest.raises(KeyError, match=repr(canonical)):
+            default_weights(type_name, alias)
+        return
+    want = default_weights(type_name, canonical)
+    assert want.arch == canonical
+    assert default_weights(type_name, alias) == want
+    asked = []
+    monkeypatch.setattr(BaseBackbone, 'init_weights',
+                        lambda self: asked.append(self.init_cfg))
+    with torch.device('meta'):
+        build_backbone(config(type_name, alias, pretrained=True))
+    assert asked == [dict(type='Pretrained',
+                          checkpoint=f'mmbackbone://{want.name}',
+                          prefix=want.prefix)]
+
+
+def test_weights_index_names_canonical_archs():
+    for entry in list_weights():
+        aliases = getattr(MODELS.get(entry.type), 'arch_aliases', {})
+        assert entry.arch not in aliases, (entry.name, entry.arch)

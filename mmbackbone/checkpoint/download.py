@@ -40,6 +40,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+import torch.hub
+
 from .io import CheckpointError
 
 #: The file in the cache folder that holds the trusted-on-first-use digests.
@@ -67,7 +69,6 @@ class WeightsHashError(CheckpointError):
 
 def cache_dir() -> Path:
     """Where downloads are cached (``$TORCH_HOME/hub/checkpoints``)."""
-    import torch.hub
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 
@@ -285,7 +286,8 @@ def _progress_bar(total: Optional[int], desc: str, enabled: Optional[bool]):
     if not enabled:
         return None
     try:
-        from tqdm import tqdm  # carried by timm (through huggingface_hub)
+        # optional (timm brings it through huggingface_hub); no bar without
+        from tqdm import tqdm
     except ImportError:
         return None
     return tqdm(total=total, desc=desc, unit='B', unit_scale=True,

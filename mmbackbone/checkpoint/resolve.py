@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+# The module, not its names: the zoo imports .download, whose package
+# (this one) may be mid-import when the zoo is imported first.
+from mmbackbone import zoo
 from mmbackbone.utils import closest
 
 from .download import cache_dir
@@ -22,7 +25,8 @@ SCHEMES = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
 
 
 def hub_checkpoint_dir() -> Path:
-    """Where downloaded checkpoints are cached (``$TORCH_HOME/hub/checkpoints``)."""
+    """Where downloaded checkpoints are cached
+    (``$TORCH_HOME/hub/checkpoints``)."""
     return cache_dir()
 
 
@@ -41,6 +45,8 @@ def cached_download(url: str, sha256: Optional[str] = None,
 
 
 def _mmengine_url(checkpoint: str) -> str:
+    # Deferred for import cost: mmengine.runner loads its Runner (~0.7 s),
+    # which `import mmbackbone` must not pay; only these schemes need it.
     from mmengine.runner import checkpoint as mmckpt
     scheme, name = checkpoint.split('://', 1)
     if scheme == 'torchvision':
@@ -75,9 +81,7 @@ def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
         raise TypeError(f'checkpoint={checkpoint!r} must be a file path, a '
                         f'URL or one of the schemes {", ".join(SCHEMES)}')
     if checkpoint.startswith('mmbackbone://'):
-        # Imported here: the zoo imports .download, which loads this package.
-        from mmbackbone.zoo import resolve_weights
-        return resolve_weights(checkpoint[len('mmbackbone://'):])
+        return zoo.resolve_weights(checkpoint[len('mmbackbone://'):])
     if checkpoint.startswith(('http://', 'https://', 'file://')):
         return cached_download(checkpoint)
     if checkpoint.startswith(('torchvision://', 'open-mmlab://',

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
+from mmbackbone.structures import ClsDataSample
+
 from .transforms import build_pipeline
 
 Indices = Union[int, Sequence[int], None]
@@ -95,7 +97,6 @@ class BaseClsDataset(Dataset):
 
 def pack_inputs(results: Dict[str, Any]) -> Dict[str, Any]:
     """Turn a results dict into ``dict(inputs=..., data_samples=...)``."""
-    from mmbackbone.structures import ClsDataSample
     sample = ClsDataSample(metainfo=dict(sample_idx=results['sample_idx'],
                                          img_shape=results['img_shape']))
     sample.set_gt_label(results['gt_label'])

@@ -28,7 +28,7 @@ def load_sklearn_digits():
     """scikit-learn's ``load_digits()`` bunch, or an error saying what to
     install (scikit-learn is a dependency of mmbackbone; a trimmed
     environment may lack it)."""
-    try:
+    try:  # deferred: scikit-learn takes ~1 s to import; only this needs it
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(

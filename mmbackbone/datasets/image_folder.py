@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mmbackbone.registry import DATASETS
 
@@ -109,7 +110,6 @@ class ImageFolderDataset(BaseClsDataset):
         return tuple(classes)
 
     def load_image(self, position: int) -> torch.Tensor:
-        from PIL import Image
         path = self.samples[position][0]
         try:
             with Image.open(path) as img:

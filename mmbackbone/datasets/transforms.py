@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from mmbackbone.apis import build_from_config, check_config_types
 from mmbackbone.registry import TRANSFORMS
 
 Size = Union[int, Sequence[int]]
@@ -156,7 +157,6 @@ def build_pipeline(pipeline: Optional[Sequence]) -> List:
             config dict nor callable.
         KeyError: an unknown transform type (close names suggested).
     """
-    from mmbackbone.apis import build_from_config, check_config_types
     if pipeline is None:
         return []
     if isinstance(pipeline, (str, bytes, Mapping)) or \

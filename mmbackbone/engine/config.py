@@ -4,7 +4,8 @@ One loader, :func:`load_config`, serves every tool and command that reads
 a config. Two kinds of config file:
 
 * **Data configs** (``.yaml``, ``.yml``, ``.json``) never run code,
-  whatever their ``_base_`` chain holds. They are parsed here with
+  whatever their ``_base_`` chain holds. They are parsed
+  (:mod:`mmbackbone.engine.config_data`) with
   ``yaml.safe_load`` / ``json`` (plain mappings, lists, strings, numbers;
   a ``!!python/...`` tag raises :class:`UnsafeConfigError` and nothing in
   the file is run) and their ``_base_`` chains are followed by this
@@ -37,18 +38,23 @@ Example:
 """
 import contextlib
 import copy
-import json
 import os
 import threading
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Union
 
+import yaml
 from mmengine.config import Config
+from mmengine.fileio.handlers.yaml_handler import YamlHandler
 
-YAML_SUFFIXES = ('.yaml', '.yml')
-JSON_SUFFIXES = ('.json', )
-#: Config files read as data: they never run code.
-DATA_SUFFIXES = YAML_SUFFIXES + JSON_SUFFIXES
+from .config_data import (DATA_SUFFIXES, MAX_DEPTH, MAX_VALUES,
+                          UnsafeConfigError, parse_data_file, too_big)
+from .upstream import check_mmengine_version
+
+# _data_files_read_safely stands in for mmengine 0.10.7's private
+# Config._file2dict and YamlHandler.load_from_fileobj while it reads.
+check_mmengine_version(__name__)
+
 #: Config files that are code (run by mmengine's ``Config.fromfile``).
 PYTHON_SUFFIXES = ('.py', )
 BASE_KEY = '_base_'
@@ -57,30 +63,10 @@ BASE_KEY = '_base_'
 CODE_KEYS = ('custom_imports', )
 #: Top-level names mmengine's ``Config`` keeps for itself.
 RESERVED_KEYS = ('filename', 'text', 'pretty_text', 'env_variables')
-#: Deepest nesting of mappings/lists a config may have.
-MAX_DEPTH = 100
-#: Most values (after YAML aliases are expanded) a config may hold.
-MAX_VALUES = 1_000_000
 #: The keyword of :func:`load_config` that lets data configs have Python
 #: bases, and the command-line flag of the tools that passes it.
 OPT_IN = 'allow_python_bases=True (--allow-python-bases on the command line)'
 PLAIN_TYPES = (str, int, float, bool, type(None))
-
-
-class UnsafeConfigError(ValueError):
-    """A config refused because reading it would run code (a YAML tag that
-    builds Python objects, ``custom_imports``, a Python base of a data
-    config without the opt-in) or exhaust resources (absurd nesting or
-    alias expansion). The message names the file and the offending tag,
-    key or base, and says what would work."""
-
-
-def _too_big(path, what: str) -> UnsafeConfigError:
-    return UnsafeConfigError(
-        f'config {path}: {what}; configs hold at most {MAX_VALUES:,} values '
-        f'nested at most {MAX_DEPTH} levels deep (self-referencing or '
-        f'multiplying YAML aliases count every expansion). Write the data '
-        f'out flat')
 
 
 def check_plain_data(value: Any, where: str, path, *,
@@ -97,8 +83,8 @@ def check_plain_data(value: Any, where: str, path, *,
     def deep(at: str) -> UnsafeConfigError:
         at = at or 'the top level'
         shown = at if len(at) <= 80 else at[:80] + '...'
-        return _too_big(path, f'{shown} is nested more than {MAX_DEPTH} '
-                        f'levels deep')
+        return too_big(path, f'{shown} is nested more than {MAX_DEPTH} '
+                       f'levels deep')
 
     def measure(node: Any, depth: int, at: str):
         if depth > MAX_DEPTH:
@@ -122,8 +108,8 @@ def check_plain_data(value: Any, where: str, path, *,
                 raise deep(at)
             return count, below
         if key in open_ids:
-            raise _too_big(path, f'{at} contains itself (a YAML alias of '
-                           f'an enclosing node)')
+            raise too_big(path, f'{at} contains itself (a YAML alias of '
+                          f'an enclosing node)')
         open_ids.add(key)
         count, below = 1, 0
         for item, item_at in children:
@@ -131,8 +117,8 @@ def check_plain_data(value: Any, where: str, path, *,
             count += item_count
             below = max(below, item_below + 1)
             if count > MAX_VALUES:
-                raise _too_big(path, f'{where or "the file"} holds more than '
-                               f'{MAX_VALUES:,} values')
+                raise too_big(path, f'{where or "the file"} holds more than '
+                              f'{MAX_VALUES:,} values')
         open_ids.discard(key)
         measured[key] = (count, below)
         return count, below
@@ -140,82 +126,10 @@ def check_plain_data(value: Any, where: str, path, *,
     measure(value, 0, where)
 
 
-class _NestingError(Exception):
-    pass
-
-
-def _bounded_safe_loader():
-    """``yaml.SafeLoader`` that stops at :data:`MAX_DEPTH` levels: PyYAML's
-    scanner does work quadratic in the flow nesting depth (a 4 KB
-    ``[[[[...`` file takes seconds) and its composer recurses per level."""
-    import yaml
-
-    class BoundedSafeLoader(yaml.SafeLoader):
-
-        def fetch_flow_collection_start(self, TokenClass):
-            if self.flow_level >= MAX_DEPTH:
-                raise _NestingError(self.get_mark())
-            super().fetch_flow_collection_start(TokenClass)
-
-        def add_indent(self, column):
-            if len(self.indents) >= MAX_DEPTH:
-                raise _NestingError(self.get_mark())
-            return super().add_indent(column)
-
-    return BoundedSafeLoader
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-    try:
-        with open(path, encoding='utf-8') as f:
-            return yaml.load(f, Loader=_bounded_safe_loader())
-    except _NestingError as err:
-        raise _too_big(path, f'the YAML is nested more than {MAX_DEPTH} '
-                       f'levels deep at {err.args[0]}') from None
-    except yaml.constructor.ConstructorError as err:
-        problem = (getattr(err, 'problem', '') or str(err)).strip()
-        if 'could not determine a constructor' not in problem:
-            raise ValueError(f'config {path} is not valid YAML config data: '
-                             f'{problem} at {err.problem_mark}') from None
-        raise UnsafeConfigError(
-            f'config {path}: {problem} at {err.problem_mark}. YAML '
-            f'configs are read with yaml.safe_load: plain mappings, lists, '
-            f'strings and numbers only; tags that build Python objects '
-            f'(!!python/...) are refused and nothing in the file was run'
-        ) from None
-    except yaml.YAMLError as err:
-        raise ValueError(f'config {path} is not valid YAML: {err}') from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f'config {path} is not UTF-8 text: {err}') from None
-    except ValueError as err:  # e.g. an int beyond Python's digit limit
-        raise ValueError(f'config {path}: a value cannot be read: '
-                         f'{err}') from None
-    except RecursionError:
-        raise _too_big(path, 'the YAML is nested too deeply to parse') \
-            from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f'config {path} is not valid JSON: {err}') from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f'config {path} is not UTF-8 text: {err}') from None
-    except ValueError as err:  # e.g. an int beyond Python's digit limit
-        raise ValueError(f'config {path}: a value cannot be read: '
-                         f'{err}') from None
-    except RecursionError:
-        raise _too_big(path, 'the JSON is nested too deeply to parse') \
-            from None
-
 
 def _read_data(path: Path) -> dict:
     """One data file, parsed and checked (its ``_base_`` not followed)."""
-    data = _read_yaml(path) if path.suffix in YAML_SUFFIXES else \
-        _read_json(path)
+    data = parse_data_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -390,9 +304,6 @@ def _file2dict_hook(walk: _Walk, original):
 
 @contextlib.contextmanager
 def _data_files_read_safely(walk: _Walk) -> Iterator[None]:
-    import yaml
-    from mmengine.fileio.handlers.yaml_handler import YamlHandler
-
     def safe_load_from_fileobj(self, file, **kwargs):
         kwargs['Loader'] = yaml.SafeLoader
         return yaml.load(file, **kwargs)
@@ -420,8 +331,8 @@ def _load_python_config(path: Path, walk: _Walk) -> Config:
         try:
             return Config.fromfile(str(path))
         except RecursionError:
-            raise _too_big(path, 'the config (or its _base_ chain) is '
-                           'nested too deeply to read') from None
+            raise too_big(path, 'the config (or its _base_ chain) is '
+                          'nested too deeply to read') from None
 
 
 def _check_options(cfg_options: Any, path) -> None:

@@ -9,6 +9,10 @@ the package). tools/train.py and tools/test.py build it through
 :func:`build_runner`; configs may name it as ``runner_type='SafeLoadRunner'``
 (``mmbackbone.registry.RUNNERS`` imports this module lazily).
 
+``SafeLoadRunner.resume`` is an adapted copy of mmengine 0.10.7's
+``Runner.resume`` (:mod:`mmbackbone.engine.upstream` checks the installed
+version when this module is imported).
+
 Example:
     >>> from mmengine.config import Config
     >>> cfg = use_safe_load_runner(Config(dict()))
@@ -20,6 +24,8 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, Sequence, Tuple
 
+from mmengine.device import get_device
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from mmbackbone.checkpoint.io import CheckpointError
@@ -28,12 +34,14 @@ from mmbackbone.registry import RUNNERS
 from .resume import (CheckpointMismatchError, check_optimizer_state,
                      load_model_state, model_state_from,
                      read_training_checkpoint)
+from .upstream import check_mmengine_version
+
+check_mmengine_version(__name__)
 
 RUNNER_NAMES = ('SafeLoadRunner', 'mmbackbone.SafeLoadRunner')
 
 
 def _unwrap(model):
-    from mmengine.model import is_model_wrapper
     return model.module if is_model_wrapper(model) else model
 
 
@@ -55,7 +63,7 @@ class SafeLoadRunner(Runner):
     :func:`~mmbackbone.engine.resume.check_optimizer_state` before loading
     it. Everything else is mmengine's.
 
-    ``resume`` follows mmengine 0.10's ``Runner.resume`` except that it
+    ``resume`` follows mmengine 0.10.7's ``Runner.resume`` except that it
     never builds a config from the file: mmengine parses
     ``meta['config']`` as a Python config, which runs it, and mmengine
     itself never writes that key (it writes ``meta['cfg']``), so only a
@@ -85,7 +93,6 @@ class SafeLoadRunner(Runner):
                resume_param_scheduler: bool = True,
                map_location: Any = 'default') -> None:
         """Resume model, optimizer, schedulers and counters, all checked."""
-        from mmengine.device import get_device
         if map_location == 'default':
             map_location = get_device()
         checkpoint = self.load_checkpoint(filename, map_location=map_location)

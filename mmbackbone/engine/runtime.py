@@ -12,15 +12,16 @@
 import os
 import subprocess
 import warnings
+from datetime import timedelta
 
 import torch.distributed as dist
+from mmengine.device import (is_cuda_available, is_mlu_available,
+                             is_musa_available, is_npu_available)
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 
 
 def _accelerator_available() -> bool:
-    from mmengine.device import (is_cuda_available, is_mlu_available,
-                                 is_musa_available, is_npu_available)
     return (is_cuda_available() or is_npu_available() or is_mlu_available()
             or is_musa_available())
 
@@ -63,7 +64,6 @@ def init_cpu_distributed(cfg) -> bool:
     timeout = dist_cfg.pop('timeout', None)
     kwargs = {}
     if timeout is not None:
-        from datetime import timedelta
         kwargs['timeout'] = timedelta(seconds=timeout)
     dist.init_process_group(backend=backend, init_method='env://', **kwargs)
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})

@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from mmbackbone.checkpoint.download import (DownloadError, cache_path,
                                             check_sha256, download,
                                             url_basename, verify)
+from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
 
 INDEX_DIR = Path(__file__).parent
@@ -114,7 +115,6 @@ class WeightsEntry:
     @property
     def build_config(self) -> dict:
         """The backbone config this entry fits (for the index tests)."""
-        from mmbackbone.registry import MODELS
         cls = MODELS.get(self.type)
         return dict(type=self.type, **cls.zoo_configs[self.arch],
                     **self.config)
@@ -230,14 +230,40 @@ def get_weights(name: str) -> WeightsEntry:
     return index[name]
 
 
-def _arch_names(arch: Union[str, Sequence[str]]) -> List[str]:
-    return [arch] if isinstance(arch, str) else list(arch)
+def canonical_arch(type_name: str, arch: str) -> str:
+    """The canonical name of ``arch`` for a type: its declared alias map
+    (``arch_aliases`` of the registered class) applied, no other guessing.
+
+    Example:
+        >>> canonical_arch('VisionTransformer', 'deit-b')
+        'deit-base'
+        >>> canonical_arch('ResNet', 'resnet50')
+        'resnet50'
+    """
+    cls = MODELS.get(type_name)
+    aliases = getattr(cls, 'arch_aliases', None) or {}
+    return aliases.get(arch, arch)
+
+
+def _arch_names(type_name: str,
+                arch: Union[str, Sequence[str]]) -> List[str]:
+    names = [arch] if isinstance(arch, str) else list(arch)
+    return [canonical_arch(type_name, name) for name in names]
 
 
 def default_weights(type_name: str,
                     arch: Union[str, Sequence[str]]) -> WeightsEntry:
-    """The default entry for a type and arch (or any of its alias names)."""
-    names = _arch_names(arch)
+    """The default entry for a type and arch.
+
+    An alias names its canonical arch's entry (``arch_aliases`` of the
+    type). A sequence of names (families that list every name of an arch)
+    is tried in order.
+
+    Example:
+        >>> default_weights('VisionTransformer', 'deit-b').name
+        'deit_base_patch16_224.fb_in1k'
+    """
+    names = _arch_names(type_name, arch)
     entries = [e for e in load_index().values() if e.type == type_name]
     for name in names:  # the first name (the one given) wins over aliases
         matches = [e for e in entries if e.arch == name]
@@ -260,10 +286,10 @@ def weights_for(type_name: str, arch: Union[str, Sequence[str]],
         raise TypeError(f'pretrained={pretrained!r} must be True, False or '
                         f'a weights name such as "resnet50.tv_in1k"')
     entry = get_weights(pretrained)
-    if entry.type != type_name or entry.arch not in _arch_names(arch):
+    names = _arch_names(type_name, arch)
+    if entry.type != type_name or entry.arch not in names:
         raise ValueError(f'pretrained={pretrained!r} fits {entry.type} '
-                         f'{entry.arch}, not {type_name} '
-                         f'{_arch_names(arch)[0]}')
+                         f'{entry.arch}, not {type_name} {names[0]}')
     return entry
 
 

@@ -13,343 +13,22 @@ included), so its checkpoints load with ``strict=True``; timm's
 converted on load.
 """
 import dataclasses
+import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
-import torch
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, norm_layer, run_checkpointed)
+from ..layers import (check_layer_cfgs, check_positive_ints, check_rate,
+                      conv_module, drop_path_rates)
+# the blocks keep their mmpretrain home: importable from this module
+from ..layers.csp_layer import (BLOCKS, STEMS, CSPArch, CSPStage,  # noqa
+                                DarknetBottleneck, ResNetBottleneck,
+                                ResNeXtBottleneck)
 from .base_backbone import BaseBackbone
-
-#: Drop-path rates at or below this build no DropPath (as mmpretrain).
-_EPS = 1e-5
-
-
-def _drop_path(rate: float) -> nn.Module:
-    return drop_path_module(rate) if rate > _EPS else nn.Identity()
-
-
-# ----------------------------------------------------------------- blocks
-class DarknetBottleneck(nn.Module):
-    """1x1 conv then 3x3 conv (each conv-norm-act), plus the input.
-
-    Args:
-        in_channels (int): input channels.
-        out_channels (int): output channels.
-        expansion (float): ``out_channels / hidden channels``. Default: 2.
-        add_identity (bool): add the input when the shapes allow it.
-        conv_cfg, norm_cfg, act_cfg (dict): layer configs.
-        drop_path_rate (float): stochastic depth of the residual branch.
-        with_cp (bool): gradient checkpointing of the block.
-    """
-
-    #: The expand conv of a stage of these blocks has an activation.
-    expand_act = True
-    #: Groups of the stage's 3x3 downsampling conv.
-    down_groups = 1
-
-    def __init__(self, in_channels: int, out_channels: int,
-                 expansion: float = 2, add_identity: bool = True,
-                 conv_cfg: Optional[dict] = None, drop_path_rate: float = 0.,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 with_cp: bool = False):
-        super().__init__()
-        hidden = int(out_channels / expansion)
-        self.conv1 = conv_module(in_channels, hidden, 1, conv_cfg=conv_cfg,
-                                norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.conv2 = conv_module(hidden, out_channels, 3, padding=1,
-                                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                                act_cfg=act_cfg)
-        self.add_identity = add_identity and in_channels == out_channels
-        self.drop_path = _drop_path(drop_path_rate)
-        self.with_cp = with_cp
-
-    def _forward(self, x: Tensor) -> Tensor:
-        out = self.drop_path(self.conv2(self.conv1(x)))
-        return out + x if self.add_identity else out
-
-    def forward(self, x: Tensor) -> Tensor:
-        return run_checkpointed(self._forward, x, with_cp=self.with_cp)
-
-
-class ResNetBottleneck(nn.Module):
-    """ResNet bottleneck (1x1, 3x3, 1x1) with an identity shortcut.
-
-    The middle width is ``out_channels // expansion``; with ``groups > 1``
-    it becomes ``groups * width_per_group * that // base_channels`` and
-    the 3x3 conv is grouped (the ResNeXt rule). Keys follow mmpretrain:
-    ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``conv3``, ``bn3``.
-
-    Args:
-        in_channels (int): input channels (equal to ``out_channels``).
-        out_channels (int): output channels.
-        expansion (int): ``out_channels / middle channels``. Default: 4.
-        groups (int): groups of the 3x3 conv. Default: 1.
-        base_channels (int): ResNeXt base width. Default: 64.
-        width_per_group (int): ResNeXt width per group. Default: 4.
-        conv_cfg, norm_cfg, act_cfg (dict): layer configs.
-        drop_path_rate (float): stochastic depth of the residual branch.
-        with_cp (bool): gradient checkpointing of the block.
-    """
-
-    expand_act = False
-    down_groups = 1
-
-    def __init__(self, in_channels: int, out_channels: int,
-                 expansion: int = 4, groups: int = 1, base_channels: int = 64,
-                 width_per_group: int = 4, conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 drop_path_rate: float = 0., with_cp: bool = False):
-        super().__init__()
-        if in_channels != out_channels:
-            raise ValueError(f'in_channels={in_channels} and out_channels='
-                             f'{out_channels} must be equal: CSP blocks have '
-                             f'no downsample shortcut')
-        if out_channels % expansion:
-            raise ValueError(f'block channels {out_channels} are not '
-                             f'divisible by bottle_ratio={expansion}')
-        mid = out_channels // expansion
-        if groups != 1:
-            if mid % base_channels:
-                raise ValueError(f'middle channels {mid} are not divisible '
-                                 f'by base_channels={base_channels}')
-            mid = groups * width_per_group * mid // base_channels
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.mid_channels, self.groups = mid, groups
-        self.with_cp = with_cp
-        self.conv1 = conv_layer(conv_cfg, in_channels, mid, 1, bias=False)
-        self.norm1_name, norm1 = norm_layer(norm_cfg, mid, 1)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = conv_layer(conv_cfg, mid, mid, 3, padding=1,
-                                groups=groups, bias=False)
-        self.norm2_name, norm2 = norm_layer(norm_cfg, mid, 2)
-        self.add_module(self.norm2_name, norm2)
-        self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
-        self.norm3_name, norm3 = norm_layer(norm_cfg, out_channels, 3)
-        self.add_module(self.norm3_name, norm3)
-        self.relu = act_layer(act_cfg)
-        self.drop_path = _drop_path(drop_path_rate)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
-        out = getattr(self, self.norm3_name)(self.conv3(out))
-        out = self.drop_path(out)
-        out += x  # in place: one feature-map allocation less
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
-        return self.relu(out)
-
-
-class ResNeXtBottleneck(ResNetBottleneck):
-    """ResNeXt bottleneck: :class:`ResNetBottleneck` with 32 groups of
-    width 4 by default; its stage's downsampling conv has 32 groups."""
-
-    down_groups = 32
-
-    def __init__(self, in_channels: int, out_channels: int,
-                 expansion: int = 4, groups: int = 32,
-                 base_channels: int = 64, width_per_group: int = 4,
-                 **kwargs: Any):
-        super().__init__(in_channels, out_channels, expansion=expansion,
-                         groups=groups, base_channels=base_channels,
-                         width_per_group=width_per_group, **kwargs)
-
-
-#: Block names usable in an arch row.
-BLOCKS = {'darknet': DarknetBottleneck, 'resnet': ResNetBottleneck,
-          'resnext': ResNeXtBottleneck}
-#: Stem names usable in an arch row: a stride-1 3x3 conv (darknet), or a
-#: stride-2 7x7 conv and a stride-2 max pool (resnet).
-STEMS = ('darknet', 'resnet')
-
-
-# ------------------------------------------------------------------ stage
-class CSPStage(nn.Module):
-    """One cross-stage-partial stage.
-
-    ``downsample_conv`` (3x3 stride 2, or identity) -> ``expand_conv``
-    (1x1) -> split in two halves; the second half runs through ``blocks``
-    and ``atfer_blocks_conv`` (1x1), is concatenated after the first half
-    and fused by ``final_conv`` (1x1).
-
-    Args:
-        block_fn (type): block class (see :data:`BLOCKS`).
-        in_channels (int): input channels.
-        out_channels (int): output channels.
-        has_downsampler (bool): start with a stride-2 3x3 conv.
-        down_growth (bool): that conv outputs ``out_channels`` (else it
-            keeps ``in_channels``).
-        expand_ratio (float): expand conv channels per downsampled channel.
-        bottle_ratio (float): the blocks' ``expansion``.
-        num_blocks (int): number of blocks.
-        block_dpr (Sequence[float]): drop-path rate of each block.
-        block_args (dict): extra block arguments.
-        conv_cfg, norm_cfg, act_cfg (dict): layer configs.
-        with_cp (bool): gradient checkpointing per block.
-    """
-
-    def __init__(self, block_fn: type, in_channels: int, out_channels: int,
-                 has_downsampler: bool = True, down_growth: bool = False,
-                 expand_ratio: float = 0.5, bottle_ratio: float = 2,
-                 num_blocks: int = 1, block_dpr: Sequence[float] = (),
-                 block_args: Optional[Mapping] = None,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 with_cp: bool = False):
-        super().__init__()
-        down_channels = out_channels if down_growth else in_channels
-        if has_downsampler:
-            self.downsample_conv = conv_module(
-                in_channels, down_channels, 3, stride=2, padding=1,
-                groups=block_fn.down_groups, conv_cfg=conv_cfg,
-                norm_cfg=norm_cfg, act_cfg=act_cfg)
-        else:
-            self.downsample_conv = nn.Identity()
-        exp_channels = int(down_channels * expand_ratio)
-        self.expand_conv = conv_module(
-            down_channels, exp_channels, 1, conv_cfg=conv_cfg,
-            norm_cfg=norm_cfg,
-            act_cfg=act_cfg if block_fn.expand_act else None)
-        self.split = block_channels = exp_channels // 2
-        rates = list(block_dpr) or [0.] * num_blocks
-        self.blocks = nn.Sequential(*[
-            block_fn(in_channels=block_channels, out_channels=block_channels,
-                     expansion=bottle_ratio, drop_path_rate=rates[i],
-                     conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                     with_cp=with_cp, **dict(block_args or {}))
-            for i in range(num_blocks)
-        ])
-        self.atfer_blocks_conv = conv_module(
-            block_channels, block_channels, 1, conv_cfg=conv_cfg,
-            norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.final_conv = conv_module(
-            2 * block_channels, out_channels, 1, conv_cfg=conv_cfg,
-            norm_cfg=norm_cfg, act_cfg=act_cfg)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.expand_conv(self.downsample_conv(x))
-        cross, part = x[:, :self.split], x[:, self.split:]
-        part = self.atfer_blocks_conv(self.blocks(part)).contiguous()
-        return self.final_conv(torch.cat((cross, part), dim=1))
-
-
-# ------------------------------------------------------------- arch table
-def _is_seq(value) -> bool:
-    """A list / tuple (or Hydra ListConfig), not a string."""
-    return isinstance(value, Sequence) and not isinstance(value, str)
-
-
-def _per_stage(value, name: str, num_stages: int) -> tuple:
-    """A scalar broadcast to every stage, or a tuple of one per stage."""
-    if _is_seq(value):
-        if len(value) != num_stages:
-            raise ValueError(f'arch {name}={tuple(value)!r} has {len(value)} '
-                             f'entries but the arch has {num_stages} stages')
-        return tuple(value)
-    return (value, ) * num_stages
-
-
-@dataclass(frozen=True)
-class CSPArch:
-    """One row of the CSP arch table (per-stage values are tuples; a
-    scalar given to a per-stage field is broadcast to every stage).
-
-    Attributes:
-        block: block name, one of :data:`BLOCKS`.
-        stem: stem name, one of :data:`STEMS`.
-        in_channels: input channels of each stage (the first is the
-            stem's width).
-        out_channels: output channels of each stage.
-        num_blocks: blocks per stage.
-        expand_ratio: expand conv width per downsampled channel.
-        bottle_ratio: the blocks' expansion.
-        has_downsampler: whether a stage starts with a stride-2 conv.
-        down_growth: whether that conv grows to ``out_channels``.
-        block_args: extra block arguments (one dict, or one per stage).
-    """
-    block: str
-    stem: str
-    in_channels: Tuple[int, ...]
-    out_channels: Tuple[int, ...]
-    num_blocks: Tuple[int, ...]
-    expand_ratio: Union[float, Tuple[float, ...]] = 0.5
-    bottle_ratio: Union[float, Tuple[float, ...]] = 2
-    has_downsampler: Union[bool, Tuple[bool, ...]] = True
-    down_growth: Union[bool, Tuple[bool, ...]] = False
-    block_args: Union[Mapping, Tuple[Mapping, ...]] = field(
-        default_factory=dict)
-
-    def __post_init__(self):
-        for name, known in (('block', BLOCKS), ('stem', STEMS)):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f'arch {name}={getattr(self, name)!r} must '
-                                f'be a name; choose from {sorted(known)}')
-        if self.block not in BLOCKS:
-            raise KeyError(f'arch block={self.block!r}; choose from '
-                           f'{sorted(BLOCKS)}')
-        if self.stem not in STEMS:
-            raise KeyError(f'arch stem={self.stem!r}; choose from '
-                           f'{list(STEMS)}')
-        if not _is_seq(self.in_channels) or not self.in_channels:
-            raise ValueError(f'arch in_channels={self.in_channels!r} must be '
-                             f'a non-empty tuple of ints, one per stage')
-        num_stages = len(self.in_channels)
-        for name in ('in_channels', 'out_channels', 'num_blocks'):
-            value = getattr(self, name)
-            if not _is_seq(value) or any(
-                    isinstance(v, bool) or not isinstance(v, int) or v < 1
-                    for v in value):
-                raise ValueError(f'arch {name}={value!r} must be a tuple of '
-                                 f'positive ints')
-        for name in ('in_channels', 'out_channels', 'num_blocks',
-                     'expand_ratio', 'bottle_ratio', 'has_downsampler',
-                     'down_growth', 'block_args'):
-            object.__setattr__(self, name, _per_stage(
-                getattr(self, name), name, num_stages))
-        for name in ('expand_ratio', 'bottle_ratio'):
-            for v in getattr(self, name):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) \
-                        or not 0 < v < float('inf'):
-                    raise ValueError(f'arch {name}={getattr(self, name)!r} '
-                                     f'must hold positive numbers')
-        for name in ('has_downsampler', 'down_growth'):
-            if not all(isinstance(v, bool) for v in getattr(self, name)):
-                raise TypeError(f'arch {name}={getattr(self, name)!r} must '
-                                f'hold True or False')
-        for i in range(1, num_stages):
-            if self.in_channels[i] != self.out_channels[i - 1]:
-                raise ValueError(
-                    f'arch in_channels[{i}]={self.in_channels[i]} differs '
-                    f'from out_channels[{i - 1}]={self.out_channels[i - 1]}')
-        for i in range(num_stages):
-            if not isinstance(self.block_args[i], Mapping):
-                raise TypeError(f'arch block_args={self.block_args!r} must be '
-                                f'a dict or one dict per stage')
-            down = (self.out_channels[i] if self.down_growth[i]
-                    else self.in_channels[i])
-            exp = int(down * self.expand_ratio[i])
-            if exp < 2 or exp % 2:
-                raise ValueError(
-                    f'arch expand_ratio={self.expand_ratio[i]!r} gives '
-                    f'{exp} channels before the split in stage {i}; they '
-                    f'must be even and at least 2')
-
-    @property
-    def num_stages(self) -> int:
-        """How many stages the row defines."""
-        return len(self.in_channels)
-
 
 #: The arch table: mmpretrain 1.2's three CSP networks.
 CSP_ARCHS: Dict[str, CSPArch] = {
@@ -481,22 +160,14 @@ class CSPNet(BaseBackbone):
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.arch = spec = make_arch(arch)
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) \
-                or in_channels < 1:
-            raise ValueError(f'in_channels={in_channels!r} must be a '
-                             f'positive int')
-        if not isinstance(drop_path_rate, (int, float)) or \
-                not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in '
-                             f'[0, 1)')
+        check_positive_ints(in_channels=in_channels)
+        check_rate('drop_path_rate', drop_path_rate)
         if deep_stem and spec.stem != 'resnet':
             raise ValueError(f'deep_stem=True needs the resnet stem; this '
                              f'arch has stem={spec.stem!r}')
         # validate the layer configs once, with errors naming the argument
-        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
-        act_layer(act_cfg)
-        if conv_cfg is not None:
-            conv_layer(conv_cfg, 1, 1, 1)
+        check_layer_cfgs(norm_cfg=norm_cfg, act_cfg=act_cfg,
+                         conv_cfg=conv_cfg)
         self.in_channels, self.deep_stem = in_channels, deep_stem
         self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, \
             act_cfg
@@ -511,8 +182,7 @@ class CSPNet(BaseBackbone):
                             frozen_stages, norm_eval)
 
         self.stem = self._make_stem_layer(in_channels)
-        total = sum(spec.num_blocks)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        rates = drop_path_rates(drop_path_rate, spec.num_blocks)
         stages = []
         for i in range(spec.num_stages):
             n = spec.num_blocks[i]
@@ -524,7 +194,7 @@ class CSPNet(BaseBackbone):
                     down_growth=spec.down_growth[i],
                     expand_ratio=spec.expand_ratio[i],
                     bottle_ratio=spec.bottle_ratio[i], num_blocks=n,
-                    block_dpr=rates[:n], block_args=spec.block_args[i],
+                    block_dpr=rates[i], block_args=spec.block_args[i],
                     conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
                     with_cp=with_cp))
             except (ValueError, TypeError) as err:  # a custom arch row
@@ -534,7 +204,6 @@ class CSPNet(BaseBackbone):
                     f'{spec.out_channels[i]}, block_args='
                     f'{spec.block_args[i]!r}) cannot be built: {err}'
                 ) from err
-            rates = rates[n:]
         self.stages = nn.Sequential(*stages)
         self._freeze_stages()
         self._setup_pretrained(pretrained, [
@@ -614,29 +283,67 @@ class CSPNet(BaseBackbone):
         return self._select_outputs(outs)
 
 
+def depth_indexed_init(defaults: Mapping[str, Any],
+                       without: Sequence[str] = ()) -> Callable:
+    """The ``__init__`` of a registered CSP type: ``depth`` (or ``arch``)
+    picks a row of the type's ``arch_settings``; the other arguments are
+    :class:`CSPNet`'s, with ``defaults`` in place of its defaults and
+    ``without`` left out.
+
+    The signature is derived from :class:`CSPNet`'s, not restated, and
+    set as ``__signature__``, so ``inspect.signature`` (``mmbackbone info
+    CSPDarkNet --help``, Hydra, argument checks) lists every argument with
+    this type's default; calls bind to it as to a written-out signature.
+    """
+    Parameter = inspect.Parameter
+    params = [Parameter('self', Parameter.POSITIONAL_OR_KEYWORD),
+              Parameter('depth', Parameter.POSITIONAL_OR_KEYWORD,
+                        default=None, annotation=Union[int, str, None])]
+    for name, param in inspect.signature(CSPNet).parameters.items():
+        if name == 'pretrained':
+            params.append(Parameter(
+                'arch', Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                annotation=Union[int, str, dict, None]))
+        if name != 'arch' and name not in without:
+            params.append(param.replace(
+                default=defaults.get(name, param.default)))
+    signature = inspect.Signature(params)
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f'{type(self).__name__}: {err}') from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments['self']
+        depth, row = self.resolve_depth(arguments.pop('depth'),
+                                        arguments.pop('arch'))
+        CSPNet.__init__(self, row, **arguments)
+        self.depth = depth
+
+    __init__.__signature__ = signature
+    __init__.__annotations__ = {
+        name: param.annotation for name, param in
+        signature.parameters.items() if name != 'self'}
+    return __init__
+
+
 @MODELS.register_module()
 class CSPDarkNet(CSPNet):
     """CSP-DarkNet-53, the YOLOv4 backbone (mmpretrain-compatible).
 
+    Arguments are :class:`CSPNet`'s but ``arch`` and ``deep_stem``, plus
+    ``depth``; the defaults differ where listed.
+
     Args:
         depth (int | str): 53 (the default; ``'cspdarknet53'`` works).
-        in_channels (int): input image channels. Default: 3.
         out_indices (int | Sequence[int]): stages to output (0 to 4).
             Default: ``(4, )``.
-        frozen_stages (int | str): -1 nothing, 0 the stem, k the stem and
-            stages 1..k, ``'all'`` everything. Default: -1.
-        conv_cfg (dict, optional): conv layer config.
-        norm_cfg (dict): norm config. Default: ``dict(type='BN', eps=1e-5)``.
-        act_cfg (dict): activation config. Default: LeakyReLU, slope 0.01.
-        norm_eval (bool): keep norm layers in eval mode. Default: False.
         init_cfg (dict | list, optional): mmengine init config; the default
             is mmpretrain's Kaiming-uniform for leaky ReLU.
-        drop_path_rate (float): stochastic depth. Default: 0.
-        with_cp (bool): gradient checkpointing per block. Default: False.
         arch (int | str | dict, optional): alias of ``depth``, or a dict
             overriding fields of the CSPDarkNet-53 row.
-        pretrained (bool | str): ``True`` loads the weights index's default
-            (``mmbackbone.zoo.list_weights()`` lists them), or a name.
 
     Example:
         >>> import torch
@@ -653,58 +360,27 @@ class CSPDarkNet(CSPNet):
 
     arch_settings = {53: CSP_ARCHS['cspdarknet53']}
     zoo_configs = {'cspdarknet53': dict(depth=53)}
-
-    def __init__(self,
-                 depth: Union[int, str, None] = None,
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = (4, ),
-                 frozen_stages: Union[int, str] = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 norm_eval: bool = False,
-                 init_cfg: Union[dict, List[dict], None] = dict(
-                     type='Kaiming', layer='Conv2d', a=math.sqrt(5),
-                     distribution='uniform', mode='fan_in',
-                     nonlinearity='leaky_relu'),
-                 drop_path_rate: float = 0.,
-                 with_cp: bool = False,
-                 arch: Union[int, str, dict, None] = None,
-                 pretrained: Union[bool, str] = False):
-        self_depth, row = self.resolve_depth(depth, arch)
-        super().__init__(
-            row, in_channels=in_channels, out_indices=out_indices,
-            frozen_stages=frozen_stages, drop_path_rate=drop_path_rate,
-            conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-            norm_eval=norm_eval, with_cp=with_cp, init_cfg=init_cfg,
-            pretrained=pretrained)
-        self.depth = self_depth
+    __init__ = depth_indexed_init(
+        dict(out_indices=(4, ),
+             init_cfg=dict(type='Kaiming', layer='Conv2d', a=math.sqrt(5),
+                           distribution='uniform', mode='fan_in',
+                           nonlinearity='leaky_relu')),
+        without=('deep_stem', ))
 
 
 @MODELS.register_module()
 class CSPResNet(CSPNet):
     """CSP-ResNet-50 (mmpretrain-compatible).
 
+    Arguments are :class:`CSPNet`'s but ``arch``, plus ``depth``; the
+    defaults differ where listed.
+
     Args:
         depth (int | str): 50 (the default; ``'cspresnet50'`` works).
-        in_channels (int): input image channels. Default: 3.
         out_indices (int | Sequence[int]): stages to output (0 to 3).
             Default: ``(3, )``.
-        frozen_stages (int | str): -1 nothing, 0 the stem, k the stem and
-            stages 1..k, ``'all'`` everything. Default: -1.
-        deep_stem (bool): three 3x3 convs (stride 2) instead of the 7x7
-            conv and max pool. Default: False.
-        conv_cfg (dict, optional): conv layer config.
-        norm_cfg (dict): norm config. Default: ``dict(type='BN', eps=1e-5)``.
-        act_cfg (dict): activation config. Default: LeakyReLU, slope 0.01.
-        norm_eval (bool): keep norm layers in eval mode. Default: False.
-        init_cfg (dict | list, optional): mmengine init config.
-        drop_path_rate (float): stochastic depth. Default: 0.
-        with_cp (bool): gradient checkpointing per block. Default: False.
         arch (int | str | dict, optional): alias of ``depth``, or a dict
             overriding fields of the default row.
-        pretrained (bool | str): ``True`` loads the weights index's default
-            (``mmbackbone.zoo.list_weights()`` lists them), or a name.
 
     Example:
         >>> import torch
@@ -720,31 +396,7 @@ class CSPResNet(CSPNet):
 
     arch_settings = {50: CSP_ARCHS['cspresnet50']}
     zoo_configs = {'cspresnet50': dict(depth=50)}
-
-    def __init__(self,
-                 depth: Union[int, str, None] = None,
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = (3, ),
-                 frozen_stages: Union[int, str] = -1,
-                 deep_stem: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 norm_eval: bool = False,
-                 init_cfg: Union[dict, List[dict], None] = dict(
-                     type='Kaiming', layer='Conv2d'),
-                 drop_path_rate: float = 0.,
-                 with_cp: bool = False,
-                 arch: Union[int, str, dict, None] = None,
-                 pretrained: Union[bool, str] = False):
-        self_depth, row = self.resolve_depth(depth, arch)
-        super().__init__(
-            row, in_channels=in_channels, out_indices=out_indices,
-            frozen_stages=frozen_stages, drop_path_rate=drop_path_rate,
-            deep_stem=deep_stem, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-            act_cfg=act_cfg, norm_eval=norm_eval, with_cp=with_cp,
-            init_cfg=init_cfg, pretrained=pretrained)
-        self.depth = self_depth
+    __init__ = depth_indexed_init(dict(out_indices=(3, )))
 
 
 @MODELS.register_module()

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import (act_layer, check_norm_cfg, conv_layer, drop_path_module,
-                      norm_layer, run_checkpointed)
+from ..layers import (ResidualBlock, act_layer, check_layer_cfgs,
+                      check_positive_ints, check_rate, conv_layer,
+                      drop_path_rates, is_int, norm_layer, run_checkpointed)
 from .base_backbone import BaseBackbone
 
 #: Strides of level0 .. level5 (timm asserts output_stride=32 as well).
@@ -35,8 +36,7 @@ BLOCK_TYPES = ('basic', 'bottleneck')
 
 
 def _is_pos_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) \
-        and value >= 1
+    return is_int(value) and value >= 1
 
 
 def bottleneck_mid_channels(out_channels: int, cardinality: int,
@@ -160,59 +160,32 @@ def parse_arch(arch: Union[str, dict, DLAArch]) -> DLAArch:
                     f'{[f.name for f in fields(DLAArch)]}')
 
 
-class DLABasicBlock(nn.Module):
-    """Two 3x3 convs; the shortcut is given by the tree."""
+class DLABottleneck(ResidualBlock):
+    """1x1 - grouped 3x3 - 1x1 convs (expansion 2, the middle width from
+    ``cardinality`` and ``base_width``): a
+    :class:`~mmbackbone.models.layers.ResidualBlock` whose shortcut the
+    tree hands to :meth:`forward`, with timm's names (``bn1`` ... ``bn3``
+    whatever the norm). Other arguments are :class:`ResidualBlock`'s.
+    """
+
+    layout = 'bottleneck'
+    norm_prefix = 'bn'
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 cardinality: int = 1, base_width: int = 64,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: Optional[dict] = dict(type='ReLU', inplace=True),
-                 drop_path_rate: float = 0.0):
-        super().__init__()
-        self.conv1 = conv_layer(conv_cfg, in_channels, out_channels, 3,
-                                stride=stride, padding=1, bias=False)
-        self.bn1 = norm_layer(norm_cfg, out_channels)[1]
-        self.conv2 = conv_layer(conv_cfg, out_channels, out_channels, 3,
-                                padding=1, bias=False)
-        self.bn2 = norm_layer(norm_cfg, out_channels)[1]
-        self.relu = act_layer(act_cfg)
-        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                          else nn.Identity())
-
-    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + shortcut)
+                 cardinality: int = 1, base_width: int = 64, **kwargs):
+        mid = None
+        if self.layout == 'bottleneck':
+            mid = bottleneck_mid_channels(out_channels, cardinality,
+                                          base_width)
+        super().__init__(in_channels, out_channels, stride=stride,
+                         mid_channels=mid, groups=cardinality, **kwargs)
 
 
-class DLABottleneck(nn.Module):
-    """1x1 - grouped 3x3 - 1x1 convs (expansion 2); shortcut from the tree."""
+class DLABasicBlock(DLABottleneck):
+    """Two 3x3 convs (``conv1``/``bn1``, ``conv2``/``bn2``); the tree hands
+    the shortcut to :meth:`forward`."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 cardinality: int = 1, base_width: int = 64,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: Optional[dict] = dict(type='ReLU', inplace=True),
-                 drop_path_rate: float = 0.0):
-        super().__init__()
-        mid = bottleneck_mid_channels(out_channels, cardinality, base_width)
-        self.conv1 = conv_layer(conv_cfg, in_channels, mid, 1, bias=False)
-        self.bn1 = norm_layer(norm_cfg, mid)[1]
-        self.conv2 = conv_layer(conv_cfg, mid, mid, 3, stride=stride,
-                                padding=1, groups=cardinality, bias=False)
-        self.bn2 = norm_layer(norm_cfg, mid)[1]
-        self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
-        self.bn3 = norm_layer(norm_cfg, out_channels)[1]
-        self.relu = act_layer(act_cfg)
-        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                          else nn.Identity())
-
-    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + shortcut)
+    layout = 'basic'
 
 
 class DLARoot(nn.Module):
@@ -379,20 +352,12 @@ class DLA(BaseBackbone):
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
         self.arch = parse_arch(arch)
-        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
-        act_layer(act_cfg)
-        if conv_cfg is not None:
-            conv_layer(conv_cfg, 1, 1, 1)
-        if not _is_pos_int(in_channels):
-            raise ValueError(f'in_channels={in_channels!r} must be a '
-                             f'positive int')
+        check_layer_cfgs(norm_cfg=norm_cfg, act_cfg=act_cfg,
+                         conv_cfg=conv_cfg)
+        check_positive_ints(in_channels=in_channels)
         if not isinstance(with_cp, bool):
             raise TypeError(f'with_cp={with_cp!r} must be True or False')
-        if isinstance(drop_path_rate, bool) or \
-                not isinstance(drop_path_rate, (int, float)) or \
-                not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in '
-                             f'[0, 1)')
+        check_rate('drop_path_rate', drop_path_rate)
         levels, channels = self.arch.levels, self.arch.channels
         self._setup_outputs(channels, LEVEL_STRIDES, out_indices,
                             frozen_stages, norm_eval)
@@ -413,10 +378,10 @@ class DLA(BaseBackbone):
                                        2)
         block = DLABasicBlock if self.arch.block == 'basic' \
             else DLABottleneck
-        num_blocks = sum(2**d for d in levels[2:])
-        # plain floats: construction also runs under torch.device('meta')
-        rates = iter([drop_path_rate * i / max(num_blocks - 1, 1)
-                      for i in range(num_blocks)])
+        # one rate per block, in the order the trees build them
+        rates = iter([rate for stage in drop_path_rates(
+            drop_path_rate, [2**depth for depth in levels[2:]])
+            for rate in stage])
         for i in range(2, 6):
             self.add_module(f'level{i}', DLATree(
                 levels[i], block, channels[i - 1], channels[i], stride=2,

@@ -28,10 +28,11 @@ from torch import Tensor, nn
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, norm_layer, run_checkpointed)
+from ..layers import (ResidualBlock, ResLayer,
+                      check_layer_cfgs, check_per_stage, check_positive_ints,
+                      check_rate, check_style, conv_layer, drop_path_rates,
+                      is_int, is_number, norm_layer, zero_init_last_blocks)
 from .base_backbone import BaseBackbone
-from .resnet import ResLayer
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,6 @@ _ARCH_KEYS = tuple(f.name for f in fields(RegNetArch))
 _REQUIRED_KEYS = ('w0', 'wa', 'wm', 'depth', 'group_w', 'bot_mul')
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def parse_arch(arch) -> RegNetArch:
     """Turn an arch name, alias, dict or :class:`RegNetArch` into a row.
 
@@ -158,16 +151,16 @@ def parse_arch(arch) -> RegNetArch:
 
 def _check_row(row: RegNetArch, arch) -> None:
     checks = (
-        ('w0', _is_int(row.w0) and row.w0 > 0 and row.w0 % 8 == 0,
+        ('w0', is_int(row.w0) and row.w0 > 0 and row.w0 % 8 == 0,
          'a positive multiple of 8'),
-        ('wa', _is_number(row.wa) and row.wa >= 0, 'a number >= 0'),
-        ('wm', _is_number(row.wm) and row.wm > 1, 'a number > 1'),
-        ('depth', _is_int(row.depth) and row.depth >= 1, 'an int >= 1'),
-        ('group_w', _is_int(row.group_w) and row.group_w >= 1,
+        ('wa', is_number(row.wa) and row.wa >= 0, 'a number >= 0'),
+        ('wm', is_number(row.wm) and row.wm > 1, 'a number > 1'),
+        ('depth', is_int(row.depth) and row.depth >= 1, 'an int >= 1'),
+        ('group_w', is_int(row.group_w) and row.group_w >= 1,
          'an int >= 1'),
-        ('bot_mul', _is_number(row.bot_mul) and row.bot_mul > 0,
+        ('bot_mul', is_number(row.bot_mul) and row.bot_mul > 0,
          'a number > 0'),
-        ('se_ratio', _is_number(row.se_ratio) and 0 <= row.se_ratio < 1,
+        ('se_ratio', is_number(row.se_ratio) and 0 <= row.se_ratio < 1,
          'a number in [0, 1)'),
     )
     for key, ok, valid in checks:
@@ -208,95 +201,27 @@ def regnet_stages(row: RegNetArch, divisor: int = 8
     return stage_widths, stage_blocks, groups
 
 
-class SqueezeExcite(nn.Module):
-    """Channel gate: mean-pool, 1x1 conv, ReLU, 1x1 conv, sigmoid.
-
-    Keys ``conv1.conv.*`` and ``conv2.conv.*`` as in mmpretrain's SELayer.
-    """
-
-    def __init__(self, channels: int, squeeze_channels: int,
-                 conv_cfg: Optional[dict] = None):
-        super().__init__()
-        self.conv1 = conv_module(channels, squeeze_channels, 1, bias=True,
-                                conv_cfg=conv_cfg,
-                                act_cfg=dict(type='ReLU'))
-        self.conv2 = conv_module(squeeze_channels, channels, 1, bias=True,
-                                conv_cfg=conv_cfg,
-                                act_cfg=dict(type='Sigmoid'))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.conv2(self.conv1(x.mean((2, 3), keepdim=True)))
-
-
-class RegNetBottleneck(nn.Module):
-    """1x1 - grouped 3x3 - [SE] - 1x1 convs with a residual connection.
+class RegNetBottleneck(ResidualBlock):
+    """1x1 - grouped 3x3 - [SE] - 1x1 convs with a residual connection: a
+    :class:`~mmbackbone.models.layers.ResidualBlock` with RegNet's widths.
 
     Middle channels are ``groups * group_width`` (mmpretrain's ResNeXt
     rule with ``base_channels = out_channels``; with a single group they
-    equal ``out_channels``). The SE gate (RegNetY) sits after the 3x3
-    conv and squeezes to ``round(in_channels * se_ratio)`` channels, as
-    in the paper and timm.
+    equal ``out_channels // expansion``). The SE gate (RegNetY,
+    ``se_ratio > 0``) sits after the 3x3 conv and squeezes to
+    ``round(in_channels * se_ratio)`` channels, as in the paper and timm.
+    Other arguments are :class:`ResidualBlock`'s.
     """
 
     def __init__(self, in_channels: int, out_channels: int,
-                 expansion: int = 1, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None,
-                 style: str = 'pytorch', with_cp: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 drop_path_rate: float = 0.0, groups: int = 1,
-                 group_width: int = 1, se_ratio: float = 0.0):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        mid = out_channels // expansion
-        if groups != 1:
-            mid = groups * group_width
-        self.mid_channels, self.groups = mid, groups
-        self.with_cp = with_cp
-        stride1, stride2 = (1, stride) if style == 'pytorch' else (stride, 1)
-        self.conv1 = conv_layer(conv_cfg, in_channels, mid, 1, stride=stride1,
-                                bias=False)
-        self.norm1_name, norm1 = norm_layer(norm_cfg, mid, 1)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = conv_layer(conv_cfg, mid, mid, 3, stride=stride2,
-                                padding=dilation, dilation=dilation,
-                                groups=groups, bias=False)
-        self.norm2_name, norm2 = norm_layer(norm_cfg, mid, 2)
-        self.add_module(self.norm2_name, norm2)
-        squeeze = int(round(in_channels * se_ratio))
-        self.se_layer = (SqueezeExcite(mid, squeeze, conv_cfg)
-                         if se_ratio > 0 else None)
-        self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
-        self.norm3_name, norm3 = norm_layer(norm_cfg, out_channels, 3)
-        self.add_module(self.norm3_name, norm3)
-        self.relu = act_layer(dict(type='ReLU', inplace=True))
-        self.downsample = downsample
-        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                          else nn.Identity())
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return getattr(self, self.norm3_name)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
-        if self.se_layer is not None:
-            out = self.se_layer(out)
-        out = getattr(self, self.norm3_name)(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.drop_path(out)
-        out += identity  # in place: one feature-map allocation less
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
-        return self.relu(out)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f'{name}={value!r} must be a positive int')
+                 expansion: int = 1, groups: int = 1, group_width: int = 1,
+                 se_ratio: float = 0.0, **kwargs):
+        mid = groups * group_width if groups != 1 \
+            else out_channels // expansion
+        squeeze = int(round(in_channels * se_ratio)) if se_ratio > 0 else 0
+        super().__init__(in_channels, out_channels, expansion,
+                         mid_channels=mid, groups=groups,
+                         se_channels=squeeze, **kwargs)
 
 
 @MODELS.register_module()
@@ -385,33 +310,23 @@ class RegNet(BaseBackbone):
                             f'{sorted(REGNET_ARCHS)} or give a dict with '
                             f'keys {list(_ARCH_KEYS)}')
         self.arch = parse_arch(arch)
-        check_norm_cfg(norm_cfg)  # e.g. LN cannot normalize feature maps
-        if conv_cfg is not None:
-            conv_layer(conv_cfg, 1, 1, 1)
+        check_layer_cfgs(norm_cfg=norm_cfg, conv_cfg=conv_cfg)
         widths, blocks, group_widths = regnet_stages(self.arch)
         num_stages = len(widths)
         if num_stages > 4:
             raise ValueError(f'arch={arch!r} yields {num_stages} stages '
                              f'(widths {widths}); RegNet builds at most 4: '
                              f'raise wm or lower depth')
-        for name, value in (('strides', strides), ('dilations', dilations)):
-            if not isinstance(value, Sequence) or len(value) != num_stages \
-                    or not all(_is_int(v) and v >= 1 for v in value):
-                raise ValueError(f'{name}={value!r} must hold {num_stages} '
-                                 f'positive ints, one per stage of '
-                                 f'arch={arch!r}')
-        if style not in ('pytorch', 'caffe'):
-            raise ValueError(f"style={style!r}; choose 'pytorch' or 'caffe'")
+        check_per_stage(num_stages, f' of arch={arch!r}', strides=strides,
+                        dilations=dilations)
+        check_style(style)
         if deep_stem:
             raise ValueError('deep_stem=True is not supported by RegNet (its '
                              'stem is one 3x3 conv); use deep_stem=False')
-        for name, value in (('in_channels', in_channels),
-                            ('stem_channels', stem_channels),
-                            ('base_channels', base_channels)):
-            _check_positive_int(name, value)
-        if not _is_number(drop_path_rate) or not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in '
-                             f'[0, 1)')
+        check_positive_ints(in_channels=in_channels,
+                            stem_channels=stem_channels,
+                            base_channels=base_channels)
+        check_rate('drop_path_rate', drop_path_rate)
 
         self.stage_widths, self.group_widths = widths, group_widths
         self.stage_blocks = blocks
@@ -437,8 +352,7 @@ class RegNet(BaseBackbone):
         self.add_module(self.norm1_name, norm1)
         self.relu = nn.ReLU(inplace=True)
 
-        total = max(self.depth - 1, 1)
-        rates = [drop_path_rate * i / total for i in range(self.depth)]
+        rates = drop_path_rates(drop_path_rate, blocks)
         self.res_layers = []
         channels = stem_channels
         for i, num_blocks in enumerate(blocks):
@@ -449,10 +363,9 @@ class RegNet(BaseBackbone):
                 stride=self.strides[i], dilation=self.dilations[i],
                 style=style, avg_down=avg_down, with_cp=with_cp,
                 conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rates=rates[:num_blocks],
+                drop_path_rates=rates[i],
                 groups=mid // group_widths[i], group_width=group_widths[i],
                 se_ratio=self.arch.se_ratio)
-            rates = rates[num_blocks:]
             channels = widths[i]
             self.add_module(f'layer{i + 1}', layer)
             self.res_layers.append(f'layer{i + 1}')
@@ -472,10 +385,7 @@ class RegNet(BaseBackbone):
 
     def _init_after_random(self) -> None:
         if self.zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, RegNetBottleneck):
-                    nn.init.constant_(module.last_norm.weight, 0)
-                    nn.init.constant_(module.last_norm.bias, 0)
+            zero_init_last_blocks(self)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x = self.relu(self.norm1(self.conv1(x)))

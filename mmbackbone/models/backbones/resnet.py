@@ -7,165 +7,37 @@ checkpoints are converted on load.
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
-import torch
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import (act_layer, check_norm_cfg, conv_layer, conv_module,
-                      drop_path_module, linear_rates, norm_layer,
-                      run_checkpointed)
+from ..layers import (ResidualBlock, ResLayer, check_layer_cfgs,
+                      check_per_stage, check_positive_ints, check_rate,
+                      check_style, conv_layer, conv_module, drop_path_rates,
+                      norm_layer, zero_init_last_blocks)
 from .base_backbone import BaseBackbone
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs with a residual connection (ResNet-18/34): a
+    :class:`~mmbackbone.models.layers.ResidualBlock` of the basic layout
+    (same arguments; keys ``conv1``, ``bn1``, ``conv2``, ``bn2``)."""
 
+    layout = 'basic'
     default_expansion = 1
 
-    def __init__(self, in_channels: int, out_channels: int,
-                 expansion: int = 1, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None,
-                 style: str = 'pytorch', with_cp: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='ReLU', inplace=True),
-                 drop_path_rate: float = 0.0):
-        super().__init__()
-        if expansion != 1:
-            raise ValueError(f'expansion={expansion}: BasicBlock supports '
-                             f'only 1')
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.mid_channels = out_channels
-        self.with_cp = with_cp
-        self.conv1 = conv_layer(conv_cfg, in_channels, out_channels, 3,
-                                stride=stride, padding=dilation,
-                                dilation=dilation, bias=False)
-        self.norm1_name, norm1 = norm_layer(norm_cfg, out_channels, 1)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = conv_layer(conv_cfg, out_channels, out_channels, 3,
-                                padding=1, bias=False)
-        self.norm2_name, norm2 = norm_layer(norm_cfg, out_channels, 2)
-        self.add_module(self.norm2_name, norm2)
-        self.relu = act_layer(act_cfg)
-        self.downsample = downsample
-        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                          else nn.Identity())
 
-    @property
-    def last_norm(self) -> nn.Module:
-        return getattr(self, self.norm2_name)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = getattr(self, self.norm2_name)(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.drop_path(out)
-        out += identity  # in place: one feature-map allocation less
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
-        return self.relu(out)
-
-
-class Bottleneck(nn.Module):
-    """1x1 - 3x3 - 1x1 convs with a residual connection (ResNet-50+).
+class Bottleneck(ResidualBlock):
+    """1x1 - 3x3 - 1x1 convs with a residual connection (ResNet-50+): a
+    :class:`~mmbackbone.models.layers.ResidualBlock` (same arguments; keys
+    ``conv1``, ``bn1`` ... ``conv3``, ``bn3``).
 
     ``style='pytorch'`` puts the stride on the 3x3 conv, ``'caffe'`` on
     the first 1x1 conv.
     """
 
+    layout = 'bottleneck'
     default_expansion = 4
-
-    def __init__(self, in_channels: int, out_channels: int,
-                 expansion: int = 4, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None,
-                 style: str = 'pytorch', with_cp: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='ReLU', inplace=True),
-                 drop_path_rate: float = 0.0):
-        super().__init__()
-        if out_channels % expansion:
-            raise ValueError(f'out_channels={out_channels} is not divisible '
-                             f'by expansion={expansion}')
-        self.in_channels, self.out_channels = in_channels, out_channels
-        mid = self.mid_channels = out_channels // expansion
-        self.with_cp = with_cp
-        stride1, stride2 = (1, stride) if style == 'pytorch' else (stride, 1)
-        self.conv1 = conv_layer(conv_cfg, in_channels, mid, 1, stride=stride1,
-                                bias=False)
-        self.norm1_name, norm1 = norm_layer(norm_cfg, mid, 1)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = conv_layer(conv_cfg, mid, mid, 3, stride=stride2,
-                                padding=dilation, dilation=dilation,
-                                bias=False)
-        self.norm2_name, norm2 = norm_layer(norm_cfg, mid, 2)
-        self.add_module(self.norm2_name, norm2)
-        self.conv3 = conv_layer(conv_cfg, mid, out_channels, 1, bias=False)
-        self.norm3_name, norm3 = norm_layer(norm_cfg, out_channels, 3)
-        self.add_module(self.norm3_name, norm3)
-        self.relu = act_layer(act_cfg)
-        self.downsample = downsample
-        self.drop_path = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                          else nn.Identity())
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return getattr(self, self.norm3_name)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
-        out = getattr(self, self.norm3_name)(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.drop_path(out)
-        out += identity  # in place: one feature-map allocation less
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = run_checkpointed(self._residual, x, with_cp=self.with_cp)
-        return self.relu(out)
-
-
-class ResLayer(nn.Sequential):
-    """A stage: ``num_blocks`` blocks, the first one downsampling.
-
-    With ``avg_down`` the shortcut pools before a stride-1 1x1 conv (V1d).
-    """
-
-    def __init__(self, block: Type[nn.Module], num_blocks: int,
-                 in_channels: int, out_channels: int, expansion: int,
-                 stride: int = 1, avg_down: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 drop_path_rates: Sequence[float] = (), **block_kwargs):
-        downsample = None
-        if stride != 1 or in_channels != out_channels:
-            layers: List[nn.Module] = []
-            conv_stride = stride
-            if avg_down and stride != 1:
-                conv_stride = 1
-                layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True,
-                                           count_include_pad=False))
-            layers += [
-                conv_layer(conv_cfg, in_channels, out_channels, 1,
-                           stride=conv_stride, bias=False),
-                norm_layer(norm_cfg, out_channels)[1]
-            ]
-            downsample = nn.Sequential(*layers)
-        rates = list(drop_path_rates) or [0.0] * num_blocks
-        blocks = []
-        for i in range(num_blocks):
-            blocks.append(block(
-                in_channels=in_channels if i == 0 else out_channels,
-                out_channels=out_channels, expansion=expansion,
-                stride=stride if i == 0 else 1,
-                downsample=downsample if i == 0 else None,
-                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rate=rates[i], **block_kwargs))
-        super().__init__(*blocks)
 
 
 @dataclass(frozen=True)
@@ -290,34 +162,20 @@ class ResNet(BaseBackbone):
         spec = RESNET_ARCHS[self.depth]
         # layer configs checked once (the deep stem's ConvModule skips the
         # factory); a norm that cannot take feature maps is refused here
-        check_norm_cfg(norm_cfg)
-        if conv_cfg is not None:
-            conv_layer(conv_cfg, 1, 1, 1)
+        check_layer_cfgs(norm_cfg=norm_cfg, conv_cfg=conv_cfg)
         if isinstance(num_stages, bool) or num_stages not in (1, 2, 3, 4):
             raise ValueError(f'num_stages={num_stages!r}; choose from 1, 2, '
                              f'3, 4')
-        for name, value in (('strides', strides), ('dilations', dilations)):
-            if not isinstance(value, Sequence) or len(value) != num_stages:
-                raise ValueError(f'{name}={value!r} must have num_stages='
-                                 f'{num_stages} entries')
-        if style not in ('pytorch', 'caffe'):
-            raise ValueError(f"style={style!r}; choose 'pytorch' or 'caffe'")
-        for name, value in (('in_channels', in_channels),
-                            ('stem_channels', stem_channels),
-                            ('base_channels', base_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) \
-                    or value < 1:
-                raise ValueError(f'{name}={value!r} must be a positive int')
-        if not isinstance(drop_path_rate, (int, float)) or \
-                not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in '
-                             f'[0, 1)')
+        check_per_stage(num_stages, f' (num_stages={num_stages})',
+                        strides=strides, dilations=dilations)
+        check_style(style)
+        check_positive_ints(in_channels=in_channels,
+                            stem_channels=stem_channels,
+                            base_channels=base_channels)
+        check_rate('drop_path_rate', drop_path_rate)
         self.block = spec.block
         self.expansion = expansion or spec.block.default_expansion
-        if isinstance(self.expansion, bool) or \
-                not isinstance(self.expansion, int) or self.expansion < 1:
-            raise ValueError(f'expansion={expansion!r} must be a positive '
-                             f'int')
+        check_positive_ints(expansion=self.expansion)
         self.stage_blocks = spec.stage_blocks[:num_stages]
         self.in_channels, self.stem_channels = in_channels, stem_channels
         self.base_channels, self.style = base_channels, style
@@ -337,8 +195,7 @@ class ResNet(BaseBackbone):
                             norm_eval)
 
         self._make_stem_layer(in_channels, stem_channels)
-        total = sum(spec.stage_blocks)
-        rates = linear_rates(drop_path_rate, total)
+        rates = drop_path_rates(drop_path_rate, spec.stage_blocks)
         self.res_layers = []
         channels = stem_channels
         for i, num_blocks in enumerate(self.stage_blocks):
@@ -348,8 +205,7 @@ class ResNet(BaseBackbone):
                 expansion=self.expansion, stride=self.strides[i],
                 dilation=self.dilations[i], style=style, avg_down=avg_down,
                 with_cp=with_cp, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rates=rates[:num_blocks])
-            rates = rates[num_blocks:]
+                drop_path_rates=rates[i])
             channels = widths[i]
             self.add_module(f'layer{i + 1}', layer)
             self.res_layers.append(f'layer{i + 1}')
@@ -392,10 +248,7 @@ class ResNet(BaseBackbone):
 
     def _init_after_random(self) -> None:
         if self.zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, (BasicBlock, Bottleneck)):
-                    nn.init.constant_(module.last_norm.weight, 0)
-                    nn.init.constant_(module.last_norm.bias, 0)
+            zero_init_last_blocks(self)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if self.deep_stem:

@@ -6,268 +6,28 @@ checkpoints (and mmcls 0.x ones) load with ``strict=True``; timm ``vit_*``,
 The absolute position embedding is resized to the input grid at forward
 time and to the model's grid when a checkpoint of another size is loaded.
 """
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
-from ..layers import (act_layer, check_norm_cfg, conv_layer, drop_path_module,
-                      norm_layer, run_checkpointed)
-from .base_backbone import BaseBackbone
-
-IntPair = Union[int, Tuple[int, int]]
+from ..layers.checkpointing import run_checkpointed
+from ..layers.checks import check_positive_ints, to_pair
+from ..layers.drop import linear_rates
+from ..layers.factory import check_norm_cfg, norm_layer
+from ..layers.pos_embed import fit_pos_embed, is_square, resize_pos_embed
+from ..layers.transformer import (FFN_TYPES, IntPair, PatchEmbed, SwiGLUFFN,
+                                  TransformerEncoderLayer, encoder_layer_cfgs,
+                                  patch_embed_kwargs)
+from .base_backbone import BaseBackbone, StageInfo
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
-FFN_TYPES = ('origin', 'swiglu_fused')
 INTERPOLATE_MODES = ('bicubic', 'bilinear', 'nearest', 'nearest-exact',
                      'area')
-
-
-def _pair(value, name: str) -> Tuple[int, int]:
-    """``8`` -> ``(8, 8)``; validates positive ints."""
-    pair = (value, value) if isinstance(value, int) else value
-    if (not isinstance(pair, Sequence) or len(pair) != 2 or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1
-            for v in pair)):
-        raise ValueError(f'{name}={value!r} must be a positive int or a '
-                         f'pair of positive ints')
-    return int(pair[0]), int(pair[1])
-
-
-def resize_pos_embed(pos_embed: Tensor, src_shape: Sequence[int],
-                     dst_shape: Sequence[int], mode: str = 'bicubic',
-                     num_extra_tokens: int = 1) -> Tensor:
-    """Resize a ``(1, extra + H*W, C)`` position embedding to another grid.
-
-    The extra (class) tokens are kept; the grid part is interpolated with
-    ``align_corners=False`` and no antialiasing, as mmpretrain does.
-
-    Args:
-        pos_embed: the embedding, ``(1, L, C)``.
-        src_shape: its grid ``(H, W)``.
-        dst_shape: the wanted grid ``(H', W')``.
-        mode: ``F.interpolate`` mode. Default: ``'bicubic'``.
-        num_extra_tokens: leading tokens that are not on the grid.
-
-    Returns:
-        Tensor: ``(1, extra + H'*W', C)``.
-
-    Example:
-        >>> resize_pos_embed(torch.zeros(1, 17, 8), (4, 4), (2, 3)).shape
-        torch.Size([1, 7, 8])
-    """
-    src_h, src_w = int(src_shape[0]), int(src_shape[1])
-    dst_h, dst_w = int(dst_shape[0]), int(dst_shape[1])
-    if (src_h, src_w) == (dst_h, dst_w):
-        return pos_embed
-    length, channels = pos_embed.shape[1], pos_embed.shape[2]
-    if length != src_h * src_w + num_extra_tokens:
-        raise ValueError(f'pos_embed has {length} tokens, not {src_h}x'
-                         f'{src_w} + {num_extra_tokens} extra; check '
-                         f'img_size and patch_size')
-    extra = pos_embed[:, :num_extra_tokens]
-    grid = pos_embed[:, num_extra_tokens:].reshape(1, src_h, src_w, channels)
-    grid = F.interpolate(grid.permute(0, 3, 1, 2).float(),
-                         size=(dst_h, dst_w), mode=mode,
-                         align_corners=False if mode in (
-                             'bilinear', 'bicubic') else None)
-    grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
-    return torch.cat((extra, grid), dim=1)
-
-
-class PatchEmbed(nn.Module):
-    """Image to patch tokens: a strided conv (``projection``), then an
-    optional norm. Inputs that would leave pixels unused are refused."""
-
-    def __init__(self, in_channels: int, embed_dims: int,
-                 kernel_size: IntPair, stride: IntPair,
-                 padding: IntPair = 0, dilation: IntPair = 1,
-                 bias: bool = True, norm_cfg: Optional[dict] = None,
-                 conv_cfg: Optional[dict] = None):
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, 'patch_cfg.kernel_size')
-        self.stride = _pair(stride, 'patch_cfg.stride')
-        self.padding = ((padding, padding) if isinstance(padding, int)
-                        else tuple(padding))
-        self.dilation = _pair(dilation, 'patch_cfg.dilation')
-        self.projection = conv_layer(conv_cfg, in_channels, embed_dims,
-                                     self.kernel_size, stride=self.stride,
-                                     padding=self.padding,
-                                     dilation=self.dilation, bias=bias)
-        self.norm = (norm_layer(norm_cfg, embed_dims,
-                                arg='patch_cfg.norm_cfg')[1]
-                     if norm_cfg is not None else None)
-
-    def out_size(self, size: Sequence[int], name: str = 'input'
-                 ) -> Tuple[int, int]:
-        """Token grid of an ``(H, W)`` image; ValueError if it leaves
-        pixels over (H, W not multiples of the patch size)."""
-        grid = []
-        for side, k, s, p, d in zip(size, self.kernel_size, self.stride,
-                                    self.padding, self.dilation):
-            span = int(side) + 2 * p - d * (k - 1) - 1
-            if span < 0 or span % s:
-                raise ValueError(
-                    f'{name} size {tuple(int(v) for v in size)} does not '
-                    f'tile into patches: each side must be a multiple of '
-                    f'the patch size {s} (patch kernel {k}, stride {s}, '
-                    f'padding {p}); resize or pad the image')
-            grid.append(span // s + 1)
-        return grid[0], grid[1]
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        self.out_size(x.shape[-2:])
-        x = self.projection(x)
-        hw = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)
-        if self.norm is not None:
-            x = self.norm(x)
-        return x, hw
-
-
-class LayerScale(nn.Module):
-    """Learned per-channel scale (``weight``) of a residual branch."""
-
-    def __init__(self, dims: int, init_value: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((dims, ), float(init_value)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.weight
-
-
-class MultiheadAttention(nn.Module):
-    """Self-attention with a fused ``qkv`` projection; the output passes
-    ``proj``, dropout, the optional layer scale ``gamma1`` and drop path."""
-
-    def __init__(self, embed_dims: int, num_heads: int,
-                 attn_drop: float = 0., proj_drop: float = 0.,
-                 drop_path_rate: float = 0., qkv_bias: bool = True,
-                 layer_scale_init_value: float = 0.):
-        super().__init__()
-        self.embed_dims, self.num_heads = embed_dims, num_heads
-        self.head_dims = embed_dims // num_heads
-        self.attn_drop = attn_drop
-        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dims, embed_dims)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.gamma1 = (LayerScale(embed_dims, layer_scale_init_value)
-                       if layer_scale_init_value > 0 else nn.Identity())
-        self.out_drop = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                         else nn.Identity())
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, length, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads,
-                                  self.head_dims).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2],
-            dropout_p=self.attn_drop if self.training else 0.)
-        x = self.proj(x.transpose(1, 2).reshape(batch, length,
-                                                self.embed_dims))
-        return self.out_drop(self.gamma1(self.proj_drop(x)))
-
-
-class FFN(nn.Module):
-    """``num_fcs`` linear layers with an activation; keys ``layers.0.0``
-    (first linear), ``layers.1`` (last linear), ``gamma2`` (layer scale)."""
-
-    def __init__(self, embed_dims: int, feedforward_channels: int,
-                 num_fcs: int = 2, act_cfg: dict = dict(type='GELU'),
-                 ffn_drop: float = 0., drop_path_rate: float = 0.,
-                 layer_scale_init_value: float = 0.):
-        super().__init__()
-        if isinstance(num_fcs, bool) or not isinstance(num_fcs, int) \
-                or num_fcs < 2:
-            raise ValueError(f'num_fcs={num_fcs!r} must be an int >= 2')
-        layers: List[nn.Module] = []
-        channels = embed_dims
-        for _ in range(num_fcs - 1):
-            layers.append(nn.Sequential(
-                nn.Linear(channels, feedforward_channels),
-                act_layer(act_cfg, arg='layer_cfgs.act_cfg'),
-                nn.Dropout(ffn_drop)))
-            channels = feedforward_channels
-        layers += [nn.Linear(channels, embed_dims), nn.Dropout(ffn_drop)]
-        self.layers = nn.Sequential(*layers)
-        self.gamma2 = (LayerScale(embed_dims, layer_scale_init_value)
-                       if layer_scale_init_value > 0 else nn.Identity())
-        self.dropout_layer = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                              else nn.Identity())
-
-    def forward(self, x: Tensor, identity: Tensor) -> Tensor:
-        return identity + self.dropout_layer(self.gamma2(self.layers(x)))
-
-
-class SwiGLUFFN(nn.Module):
-    """SwiGLU feed-forward of DINOv2-giant: ``w12`` (both halves fused),
-    ``silu(x1) * x2``, ``w3``, layer scale ``gamma2``.
-
-    The hidden width is ``feedforward_channels * 2 / 3`` rounded up to a
-    multiple of 8 (6144 -> 4096 for ``dinov2-g``).
-    """
-
-    def __init__(self, embed_dims: int, feedforward_channels: int,
-                 drop_path_rate: float = 0.,
-                 layer_scale_init_value: float = 0.):
-        super().__init__()
-        hidden = (int(feedforward_channels * 2 / 3) + 7) // 8 * 8
-        self.w12 = nn.Linear(embed_dims, 2 * hidden)
-        self.w3 = nn.Linear(hidden, embed_dims)
-        self.gamma2 = (LayerScale(embed_dims, layer_scale_init_value)
-                       if layer_scale_init_value > 0 else nn.Identity())
-        self.dropout_layer = (drop_path_module(drop_path_rate) if drop_path_rate > 0
-                              else nn.Identity())
-
-    def forward(self, x: Tensor, identity: Tensor) -> Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)
-        out = self.gamma2(self.w3(F.silu(x1) * x2))
-        return identity + self.dropout_layer(out)
-
-
-class TransformerEncoderLayer(nn.Module):
-    """Pre-norm encoder block: ``x + attn(ln1(x))``, then
-    ``x + ffn(ln2(x))``."""
-
-    def __init__(self, embed_dims: int, num_heads: int,
-                 feedforward_channels: int,
-                 layer_scale_init_value: float = 0., drop_rate: float = 0.,
-                 attn_drop_rate: float = 0., drop_path_rate: float = 0.,
-                 num_fcs: int = 2, qkv_bias: bool = True,
-                 ffn_type: str = 'origin',
-                 act_cfg: dict = dict(type='GELU'),
-                 norm_cfg: dict = dict(type='LN')):
-        super().__init__()
-        if ffn_type not in FFN_TYPES:
-            raise ValueError(f'ffn_type={ffn_type!r}; choose from '
-                             f'{list(FFN_TYPES)}')
-        self.embed_dims = embed_dims
-        self.ln1 = norm_layer(norm_cfg, embed_dims)[1]
-        self.attn = MultiheadAttention(
-            embed_dims, num_heads, attn_drop=attn_drop_rate,
-            proj_drop=drop_rate, drop_path_rate=drop_path_rate,
-            qkv_bias=qkv_bias, layer_scale_init_value=layer_scale_init_value)
-        self.ln2 = norm_layer(norm_cfg, embed_dims)[1]
-        if ffn_type == 'origin':
-            self.ffn = FFN(embed_dims, feedforward_channels, num_fcs,
-                           act_cfg, ffn_drop=drop_rate,
-                           drop_path_rate=drop_path_rate,
-                           layer_scale_init_value=layer_scale_init_value)
-        else:
-            self.ffn = SwiGLUFFN(embed_dims, feedforward_channels,
-                                 drop_path_rate=drop_path_rate,
-                                 layer_scale_init_value=(
-                                     layer_scale_init_value))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
-        return self.ffn(self.ln2(x), identity=x)
 
 
 @dataclass(frozen=True)
@@ -285,31 +45,35 @@ class ViTArch:
     layer_scale_init_value: float = 0.
 
 
-_ROWS = {
-    ('s', 'small'): ViTArch(768, 8, 8, 768 * 3),
-    ('b', 'base'): ViTArch(768, 12, 12, 3072),
-    ('l', 'large'): ViTArch(1024, 24, 16, 4096),
-    ('h', 'huge'): ViTArch(1280, 32, 16, 5120),
-    ('eva-g', 'eva-giant'): ViTArch(1408, 40, 16, 6144),
-    ('deit-t', 'deit-tiny', 'tiny'): ViTArch(192, 12, 3, 192 * 4),
-    ('deit-s', 'deit-small'): ViTArch(384, 12, 6, 384 * 4),
-    ('deit-b', 'deit-base'): ViTArch(768, 12, 12, 768 * 4),
-    ('dinov2-s', 'dinov2-small'): ViTArch(384, 12, 6, 384 * 4,
-                                          layer_scale_init_value=1e-5),
-    ('dinov2-g', 'dinov2-giant'): ViTArch(1536, 40, 24, 6144,
-                                          ffn_type='swiglu_fused',
-                                          layer_scale_init_value=1e-5),
+#: The arch table, by mmpretrain's name for each row.
+VIT_ROWS: Dict[str, ViTArch] = {
+    'small': ViTArch(768, 8, 8, 768 * 3),
+    'base': ViTArch(768, 12, 12, 3072),
+    'large': ViTArch(1024, 24, 16, 4096),
+    'huge': ViTArch(1280, 32, 16, 5120),
+    'eva-giant': ViTArch(1408, 40, 16, 6144),
+    'deit-tiny': ViTArch(192, 12, 3, 192 * 4),
+    'deit-small': ViTArch(384, 12, 6, 384 * 4),
+    'deit-base': ViTArch(768, 12, 12, 768 * 4),
+    'dinov2-small': ViTArch(384, 12, 6, 384 * 4,
+                            layer_scale_init_value=1e-5),
+    'dinov2-giant': ViTArch(1536, 40, 24, 6144, ffn_type='swiglu_fused',
+                            layer_scale_init_value=1e-5),
 }
-VIT_ARCHS: Dict[str, ViTArch] = {name: row for names, row in _ROWS.items()
-                                 for name in names}
+#: Short names: ``{alias: name in VIT_ROWS}``. ``'deit-b'`` is DeiT-B
+#: (its weights), though its row equals ``'base'``.
+VIT_ALIASES: Dict[str, str] = {
+    's': 'small', 'b': 'base', 'l': 'large', 'h': 'huge',
+    'eva-g': 'eva-giant', 'deit-t': 'deit-tiny', 'tiny': 'deit-tiny',
+    'deit-s': 'deit-small', 'deit-b': 'deit-base',
+    'dinov2-s': 'dinov2-small', 'dinov2-g': 'dinov2-giant',
+}
+#: Every accepted name (rows and aliases) to its row.
+VIT_ARCHS: Dict[str, ViTArch] = {
+    **VIT_ROWS,
+    **{alias: VIT_ROWS[name] for alias, name in VIT_ALIASES.items()},
+}
 _REQUIRED = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
-_LAYER_KEYS = ('embed_dims', 'num_heads', 'feedforward_channels',
-               'layer_scale_init_value', 'drop_rate', 'attn_drop_rate',
-               'drop_path_rate', 'num_fcs', 'qkv_bias', 'ffn_type', 'act_cfg',
-               'norm_cfg')
-_PATCH_KEYS = ('kernel_size', 'stride', 'padding', 'dilation', 'bias',
-               'norm_cfg', 'conv_type', 'conv_cfg', 'input_size',
-               'in_channels', 'embed_dims')
 
 
 def parse_arch(arch) -> ViTArch:
@@ -344,10 +108,6 @@ def parse_arch(arch) -> ViTArch:
     return ViTArch(**arch)
 
 
-def _is_square(number: int) -> bool:
-    return number > 0 and math.isqrt(number) ** 2 == number
-
-
 def _check_rate(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not 0 <= value < 1:
@@ -367,7 +127,9 @@ class VisionTransformer(BaseBackbone):
             ``'deit-s'``, ``'deit-b'``, ``'dinov2-s'``, ``'dinov2-g'``, or a
             dict with ``embed_dims``, ``num_layers``, ``num_heads``,
             ``feedforward_channels`` (optionally ``ffn_type``,
-            ``layer_scale_init_value``). The DINOv2 rows default to layer
+            ``layer_scale_init_value``). Short names are aliases
+            (:data:`VIT_ALIASES`): ``'deit-b'`` is ``'deit-base'`` and
+            loads DeiT-B weights. The DINOv2 rows default to layer
             scale 1e-5 and ``dinov2-g`` to the SwiGLU FFN, the layout of
             the published weights (mmpretrain's configs set them by hand;
             pass ``layer_scale_init_value=0`` / ``layer_cfgs`` to undo).
@@ -426,6 +188,7 @@ class VisionTransformer(BaseBackbone):
     """
 
     arch_zoo = {name: asdict(row) for name, row in VIT_ARCHS.items()}
+    arch_aliases = VIT_ALIASES
     OUT_TYPES = set(OUT_TYPES)
     zoo_configs = {
         name: (dict(arch=name, patch_size=14) if name.startswith('dinov2')
@@ -462,13 +225,10 @@ class VisionTransformer(BaseBackbone):
         check_norm_cfg(norm_cfg, data='tokens')  # e.g. BN cannot take tokens
         self.arch_settings = asdict(spec)
         self.embed_dims, self.num_layers = spec.embed_dims, spec.num_layers
-        self.img_size = _pair(img_size, 'img_size')
+        self.img_size = to_pair(img_size, 'img_size')
         self.patch_size = patch_size
-        _pair(patch_size, 'patch_size')
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) \
-                or in_channels < 1:
-            raise ValueError(f'in_channels={in_channels!r} must be a '
-                             f'positive int')
+        to_pair(patch_size, 'patch_size')
+        check_positive_ints(in_channels=in_channels)
         _check_rate('drop_rate', drop_rate)
         _check_rate('drop_path_rate', drop_path_rate)
         if interpolate_mode not in INTERPOLATE_MODES:
@@ -497,18 +257,27 @@ class VisionTransformer(BaseBackbone):
                              f'{layer_scale_init_value!r} must be a float '
                              f'>= 0 (0 disables layer scale) or None (the '
                              f"arch's default)")
-        layer_cfgs = self._layer_cfgs(layer_cfgs)
+        layer_cfgs = encoder_layer_cfgs(layer_cfgs, self.num_layers)
 
         self.patch_embed = PatchEmbed(
             in_channels, self.embed_dims,
-            **self._patch_kwargs(patch_cfg, patch_size, pre_norm,
-                                 in_channels))
+            **patch_embed_kwargs(patch_cfg, patch_size, in_channels,
+                                 self.embed_dims, bias=not pre_norm))
         stride = self.patch_embed.stride
         map_stride = stride[0] if stride[0] == stride[1] else stride
         is_map = out_type in ('featmap', ) or self.output_cls_token
-        self._setup_outputs([self.embed_dims] * self.num_layers,
-                            [map_stride if is_map else None] * self.num_layers,
-                            out_indices, frozen_stages, norm_eval)
+        # The final norms freeze with the last layer.
+        final_norms = (('ln1', ) if final_norm else ()) + (
+            ('ln2', ) if out_type == 'avg_featmap' else ())
+        stem = ('patch_embed', 'pos_embed', 'drop_after_pos', 'pre_norm')
+        self._setup_stages(
+            [StageInfo(self.embed_dims, map_stride if is_map else None,
+                       (f'layers.{i}', ) + (final_norms if i ==
+                                            self.num_layers - 1 else ()))
+             for i in range(self.num_layers)],
+            stem=stem + (('cls_token', ) if with_cls_token else ()),
+            out_indices=out_indices, frozen_stages=frozen_stages,
+            norm_eval=norm_eval)
         self.patch_resolution = self.patch_embed.out_size(self.img_size,
                                                           'img_size')
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
@@ -519,8 +288,7 @@ class VisionTransformer(BaseBackbone):
         self._register_load_state_dict_pre_hook(self._pos_embed_hook)
         self.drop_after_pos = nn.Dropout(p=drop_rate)
 
-        rates = [drop_path_rate * i / max(self.num_layers - 1, 1)
-                 for i in range(self.num_layers)]
+        rates = linear_rates(drop_path_rate, self.num_layers)
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             kwargs = dict(
@@ -538,11 +306,8 @@ class VisionTransformer(BaseBackbone):
             self.ln1 = norm_layer(norm_cfg, self.embed_dims)[1]
         if out_type == 'avg_featmap':
             self.ln2 = norm_layer(norm_cfg, self.embed_dims)[1]
-        self._freeze_stages()
-        given = [arch.lower()] if isinstance(arch, str) else []
-        self._setup_pretrained(
-            pretrained, given + [name for name, row in VIT_ARCHS.items()
-                                 if row == spec])
+        self._finish_init(pretrained,
+                          arch.lower() if isinstance(arch, str) else None)
 
     # ---------------------------------------------------------- arguments
     @staticmethod
@@ -561,64 +326,6 @@ class VisionTransformer(BaseBackbone):
                 f'feature-map outputs and conflicts with out_type='
                 f'{out_type!r}; give only one of them')
         return 'featmap'
-
-    def _layer_cfgs(self, layer_cfgs) -> List[dict]:
-        if layer_cfgs is None:
-            layer_cfgs = {}
-        if isinstance(layer_cfgs, dict):
-            layer_cfgs = [layer_cfgs] * self.num_layers
-        if not isinstance(layer_cfgs, Sequence) or \
-                len(layer_cfgs) != self.num_layers or \
-                not all(isinstance(c, dict) for c in layer_cfgs):
-            raise TypeError(f'layer_cfgs={layer_cfgs!r} must be a dict or '
-                            f'{self.num_layers} dicts (one per layer)')
-        for cfg in layer_cfgs:
-            unknown = [k for k in cfg if k not in _LAYER_KEYS]
-            if unknown:
-                raise KeyError(f'layer_cfgs: unknown keys {unknown}; valid '
-                               f'keys are {list(_LAYER_KEYS)}')
-        return list(layer_cfgs)
-
-    def _patch_kwargs(self, patch_cfg, patch_size, pre_norm,
-                      in_channels) -> dict:
-        patch_cfg = dict(patch_cfg or {})
-        unknown = [k for k in patch_cfg if k not in _PATCH_KEYS]
-        if unknown:
-            raise KeyError(f'patch_cfg: unknown keys {unknown}; valid keys '
-                           f'are {list(_PATCH_KEYS)}')
-        for key, want in (('in_channels', in_channels),
-                          ('embed_dims', self.embed_dims)):
-            if key in patch_cfg and patch_cfg[key] != want:
-                raise ValueError(f'patch_cfg[{key!r}]={patch_cfg[key]!r} '
-                                 f'disagrees with the model ({want})')
-        patch_cfg.pop('in_channels', None)
-        patch_cfg.pop('embed_dims', None)
-        patch_cfg.pop('input_size', None)
-        conv_type = patch_cfg.pop('conv_type', 'Conv2d')
-        conv_cfg = patch_cfg.pop('conv_cfg', None)
-        if conv_cfg is None and conv_type != 'Conv2d':
-            conv_cfg = dict(type=conv_type)
-        if patch_cfg.get('padding') == 'corner':  # mmcv's default: no-op
-            patch_cfg['padding'] = 0            # on inputs we accept
-        kwargs = dict(kernel_size=patch_size, stride=patch_size,
-                      bias=not pre_norm, conv_cfg=conv_cfg)
-        kwargs.update(patch_cfg)
-        if not isinstance(kwargs.get('padding', 0), (int, tuple, list)):
-            raise ValueError(f"patch_cfg['padding']={kwargs['padding']!r} "
-                             f'must be an int or a pair of ints')
-        return kwargs
-
-    # ------------------------------------------------------------ freezing
-    def stage_parts(self) -> List[list]:
-        stem = [self.patch_embed, self.pos_embed, self.drop_after_pos,
-                self.pre_norm]
-        if self.cls_token is not None:
-            stem.append(self.cls_token)
-        stages = [[layer] for layer in self.layers]
-        for name in ('ln1', 'ln2'):
-            if hasattr(self, name):
-                stages[-1].append(getattr(self, name))
-        return [stem] + stages
 
     @property
     def norm1(self) -> nn.Module:
@@ -640,25 +347,9 @@ class VisionTransformer(BaseBackbone):
     def _fit_pos_embed(self, pos_embed: Tensor
                        ) -> Tuple[Tensor, Optional[str]]:
         """A checkpoint's pos_embed fitted to this model's tokens."""
-        want = self.pos_embed.shape
-        if pos_embed.ndim != 3 or pos_embed.shape == want:
-            return pos_embed, None
-        before, length = tuple(pos_embed.shape), pos_embed.shape[1]
-        note = f'pos_embed: {before} -> {tuple(want)}'
-        if not self.with_cls_token and (length == want[1] + 1 or (
-                _is_square(length - 1) and not _is_square(length))):
-            pos_embed = pos_embed[:, 1:]  # the class-token entry
-            if pos_embed.shape == want:
-                return pos_embed, note
-        if pos_embed.shape[2] != want[2] or \
-                not _is_square(pos_embed.shape[1] - self.num_extra_tokens):
-            return pos_embed, None  # not a square grid; the loader reports
-        side = math.isqrt(pos_embed.shape[1] - self.num_extra_tokens)
-        pos_embed = resize_pos_embed(pos_embed, (side, side),
-                                     self.patch_resolution,
-                                     self.interpolate_mode,
-                                     self.num_extra_tokens)
-        return pos_embed, note
+        return fit_pos_embed(pos_embed, self.pos_embed.shape,
+                             self.patch_resolution, self.num_extra_tokens,
+                             self.interpolate_mode)
 
     def adapt_state_dict(self, state_dict):
         """Resize ``pos_embed`` to the model's grid, then the base
@@ -789,7 +480,7 @@ def vit_from_timm(state_dict, model):
         converted[new or key] = value
     pos = converted.get('pos_embed')
     if (pos is not None and 'cls_token' in converted and pos.ndim == 3
-            and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]):
+            and is_square(pos.shape[1])):
         converted['pos_embed'] = torch.cat(
             (pos.new_zeros(1, 1, pos.shape[2]), pos), dim=1)
     return converted

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+
 from ..init_cfg import PretrainedRoutingMixin
 
 Features = Union[Tensor, Sequence[Tensor]]
@@ -216,7 +217,6 @@ class LinearClsHead(ClsHead):
     Example:
         >>> import torch
         >>> from mmbackbone.structures import ClsDataSample
-from ..init_cfg import PretrainedRoutingMixin
         >>> head = LinearClsHead(num_classes=10, in_channels=32)
         >>> tuple(head(torch.rand(2, 32)).shape)
         (2, 10)

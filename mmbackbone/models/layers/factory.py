@@ -4,19 +4,24 @@ Every family builds its layers here, so ``norm_cfg=dict(type='SyncBN')``
 from a detector config works everywhere and an unknown type gets one
 clear error that lists the known names.
 
-Layers come from mmcv's builders (``mmcv.cnn``), imported on first use:
-importing mmcv costs about 0.25 s (it loads PIL and OpenCV). The plain
-torch layers mmcv registers under the default names (``Conv2d``,
-``BN``/``BN2d``, ``ReLU``; mmcv's ``Conv`` is its own wrapper class) are built directly while ``mmcv.cnn`` is not
-imported yet, with mmcv's rules (``eps`` 1e-5, ``requires_grad``, names
-``bn1``...), so ``import mmbackbone`` plus a default ResNet build does not
-import mmcv at all. Once ``mmcv.cnn`` is imported, or for any other type,
-mmcv's builders build every layer.
+Which builder makes a layer depends on its type alone, never on what was
+imported before: the plain torch layers that mmcv registers under the
+default names (``Conv2d``, ``BN``/``BN2d``, ``ReLU``) are built here
+directly with mmcv's rules (``eps`` 1e-5, ``requires_grad``, names
+``bn1``...), giving exactly the module mmcv's builder gives; every other
+type (mmcv's own ``Conv`` wrapper, ``SyncBN``, ``GN``, ``LeakyReLU``...),
+and a default name someone registered to another class, goes through
+mmcv's builders (``mmcv.cnn``), imported on first use. Importing mmcv
+costs about 0.25 s (it loads PIL and OpenCV), so ``import mmbackbone`` plus
+a default ResNet build does not import it at all.
+
+Example:
+    >>> name, layer = norm_layer(dict(type='BN'), 8, postfix=1)
+    >>> name, type(layer).__name__
+    ('bn1', 'BatchNorm2d')
 """
-import sys
 from typing import Mapping, Optional, Tuple
 
-import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
@@ -104,15 +109,15 @@ _TORCH_LAYERS = {'Conv2d': nn.Conv2d, 'BN': nn.BatchNorm2d,
 
 
 def _torch_layer(cfg: Optional[dict]) -> Optional[type]:
-    """The torch class for ``cfg`` while mmcv.cnn is not imported (and no
-    one registered that name elsewhere), else None: use mmcv's builder."""
-    if 'mmcv.cnn' in sys.modules:
-        return None
+    """The torch class to build ``cfg`` with directly, or None: use
+    mmcv's builder. Only the type decides (and a registration of that
+    name to another class), not whether ``mmcv.cnn`` is imported."""
     layer_type = 'Conv2d' if cfg is None else cfg.get('type')
-    if not isinstance(layer_type, str) or \
-            layer_type in ROOT_MODELS.module_dict:
+    if not isinstance(layer_type, str) or layer_type not in _TORCH_LAYERS:
         return None
-    return _TORCH_LAYERS.get(layer_type)
+    cls = _TORCH_LAYERS[layer_type]
+    registered = ROOT_MODELS.module_dict.get(layer_type, cls)
+    return cls if registered is cls else None
 
 
 def _build_norm_layer(cfg: dict, num_features: int, postfix=''):
@@ -150,12 +155,6 @@ def conv_module(*args, **kwargs) -> nn.Module:
     """mmcv's ``ConvModule(*args, **kwargs)`` (conv, norm, activation)."""
     from mmcv.cnn import ConvModule
     return ConvModule(*args, **kwargs)
-
-
-def drop_path_module(drop_prob: float) -> nn.Module:
-    """mmcv's ``DropPath(drop_prob)`` (stochastic depth per sample)."""
-    from mmcv.cnn.bricks import DropPath
-    return DropPath(drop_prob)
 
 
 def _build(builder, cfg: dict, arg: str, *args, **kwargs) -> nn.Module:
@@ -257,33 +256,3 @@ def conv_layer(cfg: Optional[dict], *args, **kwargs) -> nn.Module:
         _check_values(cfg, 'conv_cfg')
         return _build(_build_conv_layer, cfg, 'conv_cfg', *args, **kwargs)
     return _build_conv_layer(cfg, *args, **kwargs)
-
-
-def run_checkpointed(fn, *args, with_cp: bool):
-    """``fn(*args)``; with ``with_cp`` and a first input that needs grad,
-    ``fn``'s activations are recomputed in backward instead of stored
-    (``torch.utils.checkpoint``, non-reentrant).
-
-    Example:
-        >>> import torch
-        >>> x = torch.rand(2, 3, requires_grad=True)
-        >>> run_checkpointed(torch.sigmoid, x, with_cp=True).sum().backward()
-        >>> x.grad.shape
-        torch.Size([2, 3])
-    """
-    if with_cp and args[0].requires_grad:
-        return cp.checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
-
-
-def linear_rates(max_rate: float, count: int) -> list:
-    """``count`` rates rising linearly from 0 to ``max_rate`` (stochastic
-    depth). Pure Python, so it also works under ``torch.device('meta')``.
-
-    Example:
-        >>> linear_rates(0.2, 3)
-        [0.0, 0.1, 0.2]
-    """
-    if count <= 1:
-        return [0.0] * count
-    return [max_rate * i / (count - 1) for i in range(count)]
