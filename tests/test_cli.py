@@ -1,6 +1,7 @@
 """The ``mmbackbone`` command: list, info, convert (peers: torchvision, timm,
 mmpretrain checkpoints and models)."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,24 @@ def test_info_help_lists_constructor_options(capsys):
     assert '(default: 3)' in out  # in_channels
     code, out, _ = run(capsys, 'info', '--help')
     assert code == 0 and '--flops-at' in out and 'TYPE' in out
+
+
+@pytest.mark.parametrize('type_name', ['CSPDarkNet', 'CSPResNet',
+                                       'CSPResNeXt'])
+@pytest.mark.parametrize('argument', ['frozen_stages', 'drop_path_rate'])
+def test_info_help_describes_arguments_documented_by_a_base(
+        capsys, type_name, argument):
+    """The CSP variants document only what they change; --help takes the
+    other descriptions from CSPNet's docstring."""
+    from mmbackbone.models.backbones.cspnet import CSPNet
+    match = re.search(rf'^\s+{argument} \([^)]*\): (.*)$', CSPNet.__doc__,
+                      re.MULTILINE)
+    assert match, f'CSPNet does not document {argument}'
+    description = ' '.join(match.group(1).split())
+    code, out, _ = run(capsys, 'info', type_name, '--help')
+    assert code == 0
+    option = argument.replace('_', '-')
+    assert f'--{option} VALUE {description}' in ' '.join(out.split()), out
 
 
 def test_info_errors(capsys):

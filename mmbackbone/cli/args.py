@@ -22,6 +22,18 @@ import typing
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
+#: Top-level packages whose classes end the walk along a class's MRO: their
+#: constructors and docstrings are not a backbone's own.
+FRAMEWORK_PACKAGES = ('torch', 'mmengine', 'builtins')
+
+
+def _from_framework(obj: Any) -> bool:
+    """Whether ``obj`` (a class or function) is defined in one of
+    :data:`FRAMEWORK_PACKAGES`."""
+    module = getattr(obj, '__module__', None) or ''
+    return module.split('.')[0] in FRAMEWORK_PACKAGES
+
+
 def constructor_parameters(obj: Callable
                            ) -> Tuple[List[inspect.Parameter], bool]:
     """Keyword parameters of a class (or function) and whether it also
@@ -42,8 +54,7 @@ def constructor_parameters(obj: Callable
     params: Dict[str, inspect.Parameter] = {}
     open_kwargs = False
     for target in targets:
-        if getattr(target, '__module__', '').split('.')[0] in (
-                'torch', 'mmengine', 'builtins'):
+        if _from_framework(target):
             break
         try:
             signature = inspect.signature(target)
@@ -62,11 +73,11 @@ def constructor_parameters(obj: Callable
     return list(params.values()), open_kwargs
 
 
-def _arg_docs(obj: Callable) -> Dict[str, str]:
+def _docstring_args(doc: str) -> Dict[str, str]:
     """First line of each argument's description in a Google docstring."""
     docs: Dict[str, str] = {}
     in_args = False
-    for line in (inspect.getdoc(obj) or '').splitlines():
+    for line in doc.splitlines():
         if re.match(r'^(Args|Arguments):\s*$', line):
             in_args = True
             continue
@@ -75,6 +86,44 @@ def _arg_docs(obj: Callable) -> Dict[str, str]:
         match = re.match(r'^\s{4}(\w+)(?:\s*\(.*?\))?:\s*(.*)$', line)
         if in_args and match:
             docs[match.group(1)] = match.group(2)
+    return docs
+
+
+def _arg_docs(obj: Callable) -> Dict[str, str]:
+    """First line of each argument's description in ``obj``'s docstring.
+
+    For a class, the docstrings of its bases (along the MRO, up to the
+    first class of :data:`FRAMEWORK_PACKAGES`) describe the arguments it
+    does not document itself: a variant that documents only what it
+    changes (``CSPDarkNet``) gets :class:`CSPNet`'s other descriptions.
+
+    Example:
+        >>> class Base:
+        ...     '''A backbone.
+        ...
+        ...     Args:
+        ...         depth (int): number of layers.
+        ...         frozen_stages (int): stages to freeze.
+        ...     '''
+        >>> class Variant(Base):
+        ...     '''A variant of it.
+        ...
+        ...     Args:
+        ...         depth (int): 53 only.
+        ...     '''
+        >>> _arg_docs(Variant)
+        {'depth': '53 only.', 'frozen_stages': 'stages to freeze.'}
+    """
+    docs = _docstring_args(inspect.getdoc(obj) or '')
+    if inspect.isclass(obj):
+        for base in obj.__mro__[1:]:
+            if _from_framework(base):
+                break
+            own = base.__dict__.get('__doc__')
+            for name, text in _docstring_args(
+                    inspect.cleandoc(own) if isinstance(own, str)
+                    else '').items():
+                docs.setdefault(name, text)
     return docs
 
 

@@ -31,9 +31,9 @@ from mmengine.runner import Runner
 from mmbackbone.checkpoint.io import CheckpointError
 from mmbackbone.registry import RUNNERS
 
-from .resume import (CheckpointMismatchError, check_optimizer_state,
-                     load_model_state, model_state_from,
-                     read_training_checkpoint)
+from .resume import read_training_checkpoint
+from .state_checks import (CheckpointMismatchError, check_optimizer_state,
+                           load_model_state, model_state_from)
 from .upstream import check_mmengine_version
 
 check_mmengine_version(__name__)
