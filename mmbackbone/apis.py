@@ -265,9 +265,59 @@ def check_config_types(cfg: Any, path: str = 'cfg') -> None:
             check_config_types(value, f'{path}[{i}]')
 
 
+#: Argument names of the backbone code mmbackbone replaces (the seed
+#: ResNet/DLA/RegNet modules, a YAML model config, Mammoth) and what they
+#: are here; an unknown argument with one of these names says so.
+OLD_ARGUMENTS: Dict[str, str] = {
+    'return_idx': 'out_indices',
+    'return_index': 'out_indices',
+    'dla': "arch (DLA(arch='dla34'))",
+    'variant': "arch (RegNet(arch='regnety_8.0gf') for 'regnet-y-080') or "
+               "depth (ResNet(depth=50))",
+    'architecture': "type plus depth or arch ('resnet50' is "
+                    "dict(type='ResNet', depth=50); 'jit' is "
+                    "dict(type='TorchScriptBackbone', path=...))",
+    'use_pretrained': 'pretrained (True loads the default weights of the '
+                      'arch)',
+    'backbone_trainable': "frozen_stages (backbone_trainable=False is "
+                          "frozen_stages='all')",
+    'input_size': 'a data setting here (a Resize in the data pipeline); '
+                  'only TorchScriptBackbone takes input_size',
+    'path': "TorchScriptBackbone's path; weights of a native backbone are "
+            "init_cfg=dict(type='Pretrained', checkpoint=...)",
+    'nr_features': 'the out_features attribute here, known from the arch; '
+                   'only TorchScriptBackbone takes nr_features',
+    'intermediate_mlp_depth': "the depth of an MLPNeck (ImageClassifier("
+                              "neck=[dict(type='GlobalAveragePooling'), "
+                              "dict(type='MLPNeck', depth=2)]))",
+    'returnt': "a forward argument of ImageClassifier "
+               "(model(x, returnt='features')), not a constructor one",
+}
+
+
+def old_argument_hint(key: str) -> str:
+    """``" return_idx is out_indices here."`` for an old spelling, else ``""``.
+
+    Example:
+        >>> old_argument_hint('return_idx')
+        ' return_idx is out_indices here.'
+    """
+    meaning = OLD_ARGUMENTS.get(key)
+    return f' {key} is {meaning} here.' if meaning else ''
+
+
 def check_arguments(obj: Callable, args: Mapping[str, Any],
                     type_name: str) -> None:
-    """Name unknown constructor arguments before building."""
+    """Name unknown constructor arguments before building: close names,
+    and what an old spelling (:data:`OLD_ARGUMENTS`) means here.
+
+    Example:
+        >>> from mmbackbone.models import ResNet
+        >>> check_arguments(ResNet, dict(return_idx=[0, 1]), 'ResNet')
+        Traceback (most recent call last):
+        ...
+        TypeError: ResNet got an unknown argument 'return_idx'. return_idx is out_indices here. Valid arguments: ...
+    """
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):  # builtins without a signature
@@ -279,9 +329,9 @@ def check_arguments(obj: Callable, args: Mapping[str, Any],
              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in args:
         if key not in valid:
+            hint = old_argument_hint(key) or closest(key, valid)
             raise TypeError(f'{type_name} got an unknown argument {key!r}.'
-                            f'{closest(key, valid)} Valid arguments: '
-                            f'{", ".join(valid)}')
+                            f'{hint} Valid arguments: {", ".join(valid)}')
 
 
 #: Integers in a model config must lie strictly within +-2**31: no layer

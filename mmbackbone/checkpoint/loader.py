@@ -10,7 +10,7 @@ from torch import nn
 
 from .convert import best_conversion, fit_score
 from .io import CheckpointError, read_state_dict
-from .resolve import resolve_checkpoint
+from .resolve import default_prefix, resolve_checkpoint
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -98,6 +98,8 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Path],
     """
     path = resolve_checkpoint(checkpoint)
     state_dict = read_state_dict(path)
+    if prefix is None:  # mmcls:// and index names imply theirs
+        prefix = default_prefix(checkpoint)
     if prefix:
         state_dict = strip_prefix(state_dict, prefix, path)
     fitted, report = fit_state_dict(model, state_dict, path)

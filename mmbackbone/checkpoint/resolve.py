@@ -5,7 +5,11 @@ torch hub cache, under a key no other URL shares, kept only when complete
 and checked on every load); a ``file://`` URL (read in place, so the file
 loaded is the file as it is now); mmengine's ``torchvision://``,
 ``open-mmlab://`` and ``mmcls://`` names; ``mmbackbone://NAME`` entries of
-the weights index.
+the weights index (or their mmpretrain model names). An ``mmcls://`` name
+the index holds (mmengine's table where the file is indexed, and the mmcls
+tutorial's short names, :mod:`mmbackbone.zoo.names`) resolves through the
+index: mirror, cache and hash checks included; the rest through mmengine's
+table.
 """
 import os
 from pathlib import Path
@@ -44,6 +48,39 @@ def cached_download(url: str, sha256: Optional[str] = None,
                        progress=progress)
 
 
+def mmcls_entry(name: str) -> Optional[str]:
+    """The weights index entry that ``mmcls://NAME`` stands for, if any
+    (:data:`mmbackbone.zoo.names.MMCLS_NAMES`).
+
+    Example:
+        >>> mmcls_entry('cspresnext50'), mmcls_entry('vgg16')
+        ('cspresnext50.mmpretrain_in1k', None)
+    """
+    return zoo.MMCLS_NAMES.get(name)
+
+
+def default_prefix(checkpoint: Union[str, os.PathLike]) -> Optional[str]:
+    """The key prefix a scheme implies when the config gives none.
+
+    ``mmcls://NAME`` keeps the ``backbone.`` keys (stripped), as mmengine's
+    ``mmcls://`` loader does; ``mmbackbone://NAME`` uses the entry's
+    ``prefix``. Anything else: None (the file's keys as they are).
+
+    Example:
+        >>> default_prefix('mmcls://regnet-4g'), default_prefix('r50.pth')
+        ('backbone', None)
+        >>> default_prefix('mmbackbone://resnet50_8xb32_in1k')
+        'backbone'
+    """
+    if not isinstance(checkpoint, str):
+        return None
+    if checkpoint.startswith('mmcls://'):
+        return 'backbone'
+    if checkpoint.startswith('mmbackbone://'):
+        return zoo.get_weights(checkpoint[len('mmbackbone://'):]).prefix
+    return None
+
+
 def _mmengine_url(checkpoint: str) -> str:
     # Deferred for import cost: mmengine.runner loads its Runner (~0.7 s),
     # which `import mmbackbone` must not pay; only these schemes need it.
@@ -58,8 +95,9 @@ def _mmengine_url(checkpoint: str) -> str:
         for old, new in mmckpt.get_deprecated_model_names().items():
             table.setdefault(old, table.get(new))
     if name not in table or table[name] is None:
+        known = [*table, *zoo.MMCLS_NAMES] if scheme == 'mmcls' else table
         raise KeyError(f'checkpoint={checkpoint!r}: no model {name!r} under '
-                       f'{scheme}://.{closest(name, table)}')
+                       f'{scheme}://.{closest(name, known)}')
     url = table[name]
     if not url.startswith(('http://', 'https://')):
         url = 'https://download.openmmlab.com/' + url.lstrip('/')
@@ -84,6 +122,9 @@ def resolve_checkpoint(checkpoint: Union[str, os.PathLike]) -> Path:
         return zoo.resolve_weights(checkpoint[len('mmbackbone://'):])
     if checkpoint.startswith(('http://', 'https://', 'file://')):
         return cached_download(checkpoint)
+    if checkpoint.startswith('mmcls://') and \
+            mmcls_entry(checkpoint[len('mmcls://'):]):
+        return zoo.resolve_weights(mmcls_entry(checkpoint[len('mmcls://'):]))
     if checkpoint.startswith(('torchvision://', 'open-mmlab://',
                               'openmmlab://', 'mmcls://')):
         return cached_download(_mmengine_url(checkpoint))

@@ -40,6 +40,8 @@ from mmbackbone.checkpoint.download import (DownloadError, cache_path,
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
 
+from .names import MMCLS_NAMES, MMPRETRAIN_NAMES  # noqa: F401
+
 INDEX_DIR = Path(__file__).parent
 SOURCES = ('mmbackbone', 'mmpretrain', 'timm', 'torchvision')
 #: Generic file names (Hugging Face) that would collide in one mirror folder.
@@ -222,11 +224,20 @@ def list_weights(pattern: Optional[str] = None) -> List[WeightsEntry]:
 
 
 def get_weights(name: str) -> WeightsEntry:
-    """The entry called ``name`` (KeyError with close names otherwise)."""
+    """The entry called ``name``, or named by its mmpretrain model name
+    (:data:`~mmbackbone.zoo.names.MMPRETRAIN_NAMES`); a KeyError with close
+    names of both otherwise.
+
+    Example:
+        >>> get_weights('resnetv1d152_8xb32_in1k').name
+        'resnetv1d152.mmpretrain_in1k'
+    """
     index = load_index()
+    name = MMPRETRAIN_NAMES.get(name, name)
     if name not in index:
         raise KeyError(f'weights {name!r} are not in the index.'
-                       f'{closest(name, index)} See `mmbackbone weights`')
+                       f'{closest(name, [*index, *MMPRETRAIN_NAMES])} See '
+                       f'`mmbackbone weights`')
     return index[name]
 
 

@@ -8,6 +8,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
+from ..backbones.base_backbone import BaseBackbone
 from ..heads.cls_head import make_predictions, stack_targets, to_plain
 from ..init_cfg import PretrainedRoutingMixin
 
@@ -132,6 +133,12 @@ class ImageClassifier(PretrainedRoutingMixin, BaseModel):
         [(2, 512, 2, 2), (2, 10)]
         >>> model(x, mode='predict')[0].pred_label.shape
         torch.Size([1])
+        >>> flat = model.get_params()  # Mammoth's flat helpers, all parts
+        >>> flat.numel() == sum(p.numel() for p in model.parameters())
+        True
+        >>> model.set_params(torch.zeros_like(flat))
+        >>> float(model.head.fc.weight.detach().abs().sum())
+        0.0
     """
 
     def _init_after_random(self) -> None:
@@ -176,6 +183,15 @@ class ImageClassifier(PretrainedRoutingMixin, BaseModel):
         else:
             self.neck = None
         self.head = None if head is None else _build(head, 'head', width)
+
+    # Mammoth's flat parameter / gradient helpers, over every parameter of
+    # the classifier (backbone, necks, head): the backbone contract's
+    # functions, shared rather than copied.
+    get_params = BaseBackbone.get_params
+    set_params = BaseBackbone.set_params
+    get_grads = BaseBackbone.get_grads
+    set_grads = BaseBackbone.set_grads
+    _scatter = BaseBackbone._scatter
 
     def _dump_init_info(self) -> None:
         """Skip mmengine's per-parameter init log (one line per tensor);
