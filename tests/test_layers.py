@@ -192,3 +192,42 @@ def test_csp_types_derive_their_signature_from_cspnet():
             assert resnet[name].default == base[name].default, name
     with pytest.raises(TypeError, match="CSPDarkNet: .*'deep_stem'"):
         CSPDarkNet(deep_stem=True)
+
+
+def test_get_expansion_order_and_errors():
+    from torch import nn
+
+    from mmbackbone.models.backbones.regnet import RegNetBottleneck
+    from mmbackbone.models.layers import ResidualBlock, get_expansion
+    assert get_expansion(RegNetBottleneck) == 1
+    assert get_expansion(ResidualBlock) == 4  # the bottleneck layout's
+
+    class Basic(ResidualBlock):
+        layout = 'basic'
+
+    assert get_expansion(Basic) == 1 and Basic(8, 8).expansion == 1
+    assert get_expansion(Basic, 3) == 3
+    with pytest.raises(TypeError, match="expansion=True must be an integer"):
+        get_expansion(Basic, True)
+    with pytest.raises(ValueError, match='expansion=0 must be a positive'):
+        get_expansion(Basic, 0)
+    with pytest.raises(TypeError, match="not specified for 'Linear'"):
+        get_expansion(nn.Linear)
+
+
+def test_res_layer_block_attributes_and_drop_path_rates():
+    from mmbackbone.models.backbones.resnet import BasicBlock, Bottleneck
+    from mmbackbone.models.layers import ResLayer
+    layer = ResLayer(Bottleneck, 2, 16, 32, stride=2,
+                     drop_path_rate=[0.0, 0.1])
+    assert layer.block is Bottleneck and layer.expansion == 4
+    assert [b.stride for b in layer] == [2, 1]
+    assert [b.expansion for b in layer] == [4, 4]
+    assert layer[1].drop_path.drop_prob == 0.1
+    assert layer[0].norm3 is layer[0].bn3 and layer[0].norm1 is layer[0].bn1
+    basic = ResLayer(BasicBlock, 1, 8, 8, drop_path_rate=0.2)
+    assert basic[0].norm2 is basic[0].bn2
+    with pytest.raises(AttributeError, match="no attribute 'norm3'"):
+        basic[0].norm3
+    with pytest.raises(ValueError, match=r'gives 1 rates for num_blocks=2'):
+        ResLayer(BasicBlock, 2, 8, 8, drop_path_rate=[0.1])

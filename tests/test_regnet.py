@@ -298,3 +298,34 @@ def test_arch_row_is_accepted():
     row = RegNetArch(**REGNETX_002)
     model = RegNet(row, out_indices=(0, 1, 2, 3))
     assert model.out_channels == (24, 56, 152, 368)
+
+
+def test_signature_is_resnets_with_regnet_defaults():
+    import inspect
+
+    from mmbackbone.models import ResNet
+    params = inspect.signature(RegNet).parameters
+    assert list(params)[0] == 'arch'
+    assert not {'depth', 'expansion', 'num_stages'} & set(params)
+    assert (params['stem_channels'].default, params['strides'].default,
+            params['init_cfg'].default) == (32, (2, 2, 2, 2), None)
+    resnet = inspect.signature(ResNet).parameters
+    for name in ('out_indices', 'frozen_stages', 'norm_cfg', 'with_cp'):
+        assert params[name] == resnet[name]
+    with pytest.raises(TypeError, match="RegNet: .*'depth'"):
+        RegNet('regnetx_400mf', depth=50)
+
+
+def test_resnet_converters_refuse_regnet():
+    from mmbackbone.checkpoint.convert import best_conversion
+    model = RegNet('regnetx_400mf')
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state['fc.weight'] = torch.zeros(1)
+    source, converted = best_conversion(state, model)
+    assert source == 'mmbackbone' and 'fc.weight' in converted
+
+
+def test_pretrained_arch_names():
+    from mmbackbone.zoo import default_weights
+    assert RegNet.canonical_arch('regnetx_004') == 'regnetx_400mf'
+    assert default_weights('RegNet', 'regnetx_004').arch == 'regnetx_400mf'

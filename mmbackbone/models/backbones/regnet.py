@@ -19,20 +19,16 @@ State-dict keys (``i`` = stage 1..4, ``j`` = block from 0)::
 The SE keys follow mmpretrain's ``SELayer`` (as in its SEResNet), which
 names the two 1x1 convs ``conv1``/``conv2`` inside ``ConvModule``.
 """
+import inspect
 import math
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple, Union
-
-from torch import Tensor, nn
+from typing import Dict, List, Optional, Tuple, Union
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
-from ..layers import (ResidualBlock, ResLayer,
-                      check_layer_cfgs, check_per_stage, check_positive_ints,
-                      check_rate, check_style, conv_layer, drop_path_rates,
-                      is_int, is_number, norm_layer, zero_init_last_blocks)
-from .base_backbone import BaseBackbone
+from ..layers import ResidualBlock, is_int, is_number
+from .resnet import ResNet, StagePlan
 
 
 @dataclass(frozen=True)
@@ -213,6 +209,8 @@ class RegNetBottleneck(ResidualBlock):
     Other arguments are :class:`ResidualBlock`'s.
     """
 
+    expansion = 1
+
     def __init__(self, in_channels: int, out_channels: int,
                  expansion: int = 1, groups: int = 1, group_width: int = 1,
                  se_ratio: float = 0.0, **kwargs):
@@ -225,12 +223,17 @@ class RegNetBottleneck(ResidualBlock):
 
 
 @MODELS.register_module()
-class RegNet(BaseBackbone):
+class RegNet(ResNet):
     """RegNetX / RegNetY backbone (mmpretrain-compatible arguments, keys).
 
     A 3x3 stride-2 stem (``stem_channels``) and up to four stages of
     bottlenecks whose widths, depths and group widths follow from the
     arch's design parameters; RegNetY archs add squeeze-excitation.
+
+    A :class:`~mmbackbone.models.ResNet` (as in mmpretrain) whose arch
+    fixes the stages: the arguments are ResNet's but ``depth``,
+    ``expansion`` and ``num_stages``, with ``arch`` first and other
+    defaults (the signature is derived from ResNet's, not restated).
 
     Args:
         arch (str | dict): an arch name (``'regnetx_400mf'`` ...
@@ -238,162 +241,110 @@ class RegNet(BaseBackbone):
             a timm alias (``'regnetx_004'``, ``'regnety_002'``, ...), or a
             dict with ``w0, wa, wm, depth, group_w, bot_mul`` and optional
             ``se_ratio``.
-        in_channels (int): input image channels. Default: 3.
         stem_channels (int): output channels of the stem. Default: 32.
         base_channels (int): kept for mmpretrain compatibility (unused:
             widths come from ``arch``). Default: 32.
         strides (Sequence[int]): stride of each stage's first block, one
             per stage of the arch. Default: ``(2, 2, 2, 2)``.
-        dilations (Sequence[int]): dilation of each stage.
-        out_indices (Sequence[int] | int): stages to output; negative
-            indices count from the last. Default: ``(3, )``.
-        style (str): ``'pytorch'`` (stride on the 3x3 conv) or ``'caffe'``
-            (stride on the first 1x1 conv).
         deep_stem (bool): not supported (as in mmpretrain); must be False.
-        avg_down (bool): average-pool shortcut when downsampling.
-        frozen_stages (int | str): -1 nothing, 0 the stem, k the stem and
-            stages 1..k, ``'all'`` everything. Default: -1.
-        conv_cfg (dict, optional): conv layer config.
-        norm_cfg (dict): norm layer config. Default: ``dict(type='BN')``.
-        norm_eval (bool): keep norm layers in eval mode. Default: False.
-        with_cp (bool): gradient checkpointing per block. Default: False.
-        zero_init_residual (bool): zero the last norm of each block after
-            random init. Default: True.
         init_cfg (dict | list, optional): mmengine init config, e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone')``;
-            timm and torchvision RegNet files are converted.
-        drop_path_rate (float): stochastic depth, linear over blocks.
+            timm and torchvision RegNet files are converted. Default: None.
         pretrained (bool | str): ``True`` loads the weights index's default
             for this arch, a name that entry (``mmbackbone weights regnet*``).
+
+    The other arguments (``in_channels``, ``dilations``, ``out_indices``,
+    ``style``, ``avg_down``, ``frozen_stages``, ``conv_cfg``,
+    ``norm_cfg``, ``norm_eval``, ``with_cp``, ``zero_init_residual``,
+    ``drop_path_rate``) are :class:`~mmbackbone.models.ResNet`'s.
 
     Example:
         >>> import torch
         >>> from mmbackbone.models import RegNet
         >>> model = RegNet('regnetx_4.0gf', out_indices=(0, 1, 2, 3)).eval()
-        >>> model.out_channels
-        (80, 240, 560, 1360)
-        >>> for out in model(torch.rand(1, 3, 32, 32)):
-        ...     print(tuple(out.shape))
-        (1, 80, 8, 8)
-        (1, 240, 4, 4)
-        (1, 560, 2, 2)
-        (1, 1360, 1, 1)
+        >>> model.out_channels, model.out_strides
+        ((80, 240, 560, 1360), (4, 8, 16, 32))
+        >>> [tuple(out.shape) for out in model(torch.rand(1, 3, 32, 32))]
+        [(1, 80, 8, 8), (1, 240, 4, 4), (1, 560, 2, 2), (1, 1360, 1, 1)]
     """
 
     arch_settings = REGNET_ARCHS
+    arch_aliases = REGNET_ALIASES
     zoo_configs = {name: dict(arch=name)
                    for name in [*REGNET_ARCHS, *REGNET_ALIASES]}
+    stem_kernel_size = 3
+    stem_pool_stride = 1
 
-    def __init__(self,
-                 arch: Union[str, dict, RegNetArch, None] = None,
-                 in_channels: int = 3,
-                 stem_channels: int = 32,
-                 base_channels: int = 32,
-                 strides: Sequence[int] = (2, 2, 2, 2),
-                 dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Union[int, Sequence[int]] = (3, ),
-                 style: str = 'pytorch',
-                 deep_stem: bool = False,
-                 avg_down: bool = False,
-                 frozen_stages: Union[int, str] = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 zero_init_residual: bool = True,
-                 init_cfg: Union[dict, List[dict], None] = None,
-                 drop_path_rate: float = 0.0,
-                 pretrained: Union[bool, str] = False):
-        super().__init__(init_cfg)
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = REGNET_SIGNATURE.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f'{type(self).__name__}: {err}') from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments['self']
+        if arguments['deep_stem']:
+            raise ValueError('deep_stem=True is not supported by RegNet (its '
+                             'stem is one 3x3 conv); use deep_stem=False')
+        super().__init__(**arguments)
+
+    def _plan_stages(self, depth, arch, expansion, num_stages,
+                     base_channels) -> StagePlan:
+        """Resolve ``arch`` (``depth``, ``expansion`` and ``num_stages``
+        are not RegNet's arguments); set ``arch``, the per-stage lists and
+        ``depth`` (the total block count)."""
         if arch is None:
             raise TypeError(f'RegNet needs arch; choose from '
                             f'{sorted(REGNET_ARCHS)} or give a dict with '
                             f'keys {list(_ARCH_KEYS)}')
         self.arch = parse_arch(arch)
-        check_layer_cfgs(norm_cfg=norm_cfg, conv_cfg=conv_cfg)
         widths, blocks, group_widths = regnet_stages(self.arch)
-        num_stages = len(widths)
-        if num_stages > 4:
-            raise ValueError(f'arch={arch!r} yields {num_stages} stages '
+        if len(widths) > 4:
+            raise ValueError(f'arch={arch!r} yields {len(widths)} stages '
                              f'(widths {widths}); RegNet builds at most 4: '
                              f'raise wm or lower depth')
-        check_per_stage(num_stages, f' of arch={arch!r}', strides=strides,
-                        dilations=dilations)
-        check_style(style)
-        if deep_stem:
-            raise ValueError('deep_stem=True is not supported by RegNet (its '
-                             'stem is one 3x3 conv); use deep_stem=False')
-        check_positive_ints(in_channels=in_channels,
-                            stem_channels=stem_channels,
-                            base_channels=base_channels)
-        check_rate('drop_path_rate', drop_path_rate)
-
         self.stage_widths, self.group_widths = widths, group_widths
         self.stage_blocks = blocks
-        self.bottleneck_ratio = [self.arch.bot_mul] * num_stages
+        self.bottleneck_ratio = [self.arch.bot_mul] * len(widths)
         self.depth = sum(blocks)
-        self.in_channels, self.stem_channels = in_channels, stem_channels
-        self.base_channels, self.style = base_channels, style
-        self.strides, self.dilations = tuple(strides), tuple(dilations)
-        self.deep_stem, self.avg_down = False, avg_down
-        self.conv_cfg, self.norm_cfg = conv_cfg, norm_cfg
-        self.with_cp, self.zero_init_residual = with_cp, zero_init_residual
+        self.block, self.expansion = RegNetBottleneck, 1
+        if isinstance(arch, str):
+            name = arch.lower()  # an alias maps through arch_aliases
+        else:  # a dict naming a row's numbers is that row
+            name = next((key for key, row in REGNET_ARCHS.items()
+                         if row == self.arch), None)
+        return StagePlan(tuple(widths), tuple(blocks), f' of arch={arch!r}',
+                         name)
 
-        stage_strides, stride = [], 2
-        for s in self.strides:
-            stride *= s
-            stage_strides.append(stride)
-        self._setup_outputs(widths, stage_strides, out_indices, frozen_stages,
-                            norm_eval)
+    def _stage_blocks_args(self, index: int) -> dict:
+        mid = int(round(self.stage_widths[index] * self.arch.bot_mul))
+        width = self.group_widths[index]
+        return dict(block=RegNetBottleneck, expansion=1, groups=mid // width,
+                    group_width=width, se_ratio=self.arch.se_ratio)
 
-        self.conv1 = conv_layer(conv_cfg, in_channels, stem_channels, 3,
-                                stride=2, padding=1, bias=False)
-        self.norm1_name, norm1 = norm_layer(norm_cfg, stem_channels, 1)
-        self.add_module(self.norm1_name, norm1)
-        self.relu = nn.ReLU(inplace=True)
 
-        rates = drop_path_rates(drop_path_rate, blocks)
-        self.res_layers = []
-        channels = stem_channels
-        for i, num_blocks in enumerate(blocks):
-            mid = int(round(widths[i] * self.arch.bot_mul))
-            layer = ResLayer(
-                block=RegNetBottleneck, num_blocks=num_blocks,
-                in_channels=channels, out_channels=widths[i], expansion=1,
-                stride=self.strides[i], dilation=self.dilations[i],
-                style=style, avg_down=avg_down, with_cp=with_cp,
-                conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rates=rates[i],
-                groups=mid // group_widths[i], group_width=group_widths[i],
-                se_ratio=self.arch.se_ratio)
-            channels = widths[i]
-            self.add_module(f'layer{i + 1}', layer)
-            self.res_layers.append(f'layer{i + 1}')
-        self.feat_dim = widths[-1]
-        self._freeze_stages()
-        self._setup_pretrained(pretrained, [
-            name for name in [*REGNET_ARCHS, *REGNET_ALIASES]
-            if REGNET_ARCHS[REGNET_ALIASES.get(name, name)] == self.arch])
+def _regnet_signature() -> inspect.Signature:
+    """ResNet's arguments without ``depth``, ``expansion`` and
+    ``num_stages``, ``arch`` first, and RegNet's defaults."""
+    parameter = inspect.Parameter
+    defaults = dict(stem_channels=32, base_channels=32,
+                    strides=(2, 2, 2, 2), init_cfg=None)
+    params = [parameter('self', parameter.POSITIONAL_OR_KEYWORD),
+              parameter('arch', parameter.POSITIONAL_OR_KEYWORD,
+                        default=None,
+                        annotation=Union[str, dict, RegNetArch, None])]
+    for name, param in inspect.signature(ResNet).parameters.items():
+        if name not in ('depth', 'expansion', 'num_stages', 'arch'):
+            params.append(param.replace(
+                default=defaults.get(name, param.default)))
+    return inspect.Signature(params)
 
-    @property
-    def norm1(self) -> nn.Module:
-        return getattr(self, self.norm1_name)
 
-    def stage_parts(self) -> List[List[nn.Module]]:
-        return [[self.conv1, self.norm1]] + [[getattr(self, name)]
-                                             for name in self.res_layers]
-
-    def _init_after_random(self) -> None:
-        if self.zero_init_residual:
-            zero_init_last_blocks(self)
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.relu(self.norm1(self.conv1(x)))
-        outs = []
-        for name in self.res_layers[:self.last_needed_stage + 1]:
-            x = getattr(self, name)(x)
-            outs.append(x)
-        return self._select_outputs(outs)
+REGNET_SIGNATURE = _regnet_signature()
+RegNet.__init__.__signature__ = REGNET_SIGNATURE
+RegNet.__init__.__annotations__ = {
+    name: param.annotation for name, param in
+    REGNET_SIGNATURE.parameters.items() if name != 'self'}
 
 
 # ------------------------------------------------------------ conversion

@@ -7,15 +7,15 @@ checkpoints are converted on load.
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
-from torch import Tensor, nn
+from torch import nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from ..layers import (ResidualBlock, ResLayer, check_layer_cfgs,
                       check_per_stage, check_positive_ints, check_rate,
                       check_style, conv_layer, conv_module, drop_path_rates,
-                      norm_layer, zero_init_last_blocks)
-from .base_backbone import BaseBackbone
+                      get_expansion, norm_layer, zero_init_last_blocks)
+from .base_backbone import BaseBackbone, StageInfo
 
 
 class BasicBlock(ResidualBlock):
@@ -24,7 +24,7 @@ class BasicBlock(ResidualBlock):
     (same arguments; keys ``conv1``, ``bn1``, ``conv2``, ``bn2``)."""
 
     layout = 'basic'
-    default_expansion = 1
+    expansion = 1
 
 
 class Bottleneck(ResidualBlock):
@@ -37,7 +37,25 @@ class Bottleneck(ResidualBlock):
     """
 
     layout = 'bottleneck'
-    default_expansion = 4
+    expansion = 4
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What an arch fixes of a ResNet-style network's stages.
+
+    Attributes:
+        widths: output channels of each stage built.
+        rate_blocks: block counts the drop-path rates spread over (the
+            whole arch, also where fewer stages are built).
+        where: how the error messages name the stage count.
+        arch_name: the arch's name in the weights index; None for a
+            custom arch.
+    """
+    widths: Tuple[int, ...]
+    rate_blocks: Tuple[int, ...]
+    where: str
+    arch_name: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,10 @@ class ResNet(BaseBackbone):
     arch_settings = {d: (a.block, a.stage_blocks)
                      for d, a in RESNET_ARCHS.items()}
     zoo_configs = {f'resnet{d}': dict(depth=d) for d in RESNET_ARCHS}
+    #: Kernel size of the single-conv stem (not the deep stem).
+    stem_kernel_size = 7
+    #: Stride of the max pool closing the stem; 1 builds none.
+    stem_pool_stride = 2
 
     def __init__(self,
                  depth: Union[int, str, None] = None,
@@ -158,25 +180,19 @@ class ResNet(BaseBackbone):
                  arch: Union[int, str, None] = None,
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
-        self.depth = parse_depth(depth, arch)
-        spec = RESNET_ARCHS[self.depth]
+        plan = self._plan_stages(depth=depth, arch=arch, expansion=expansion,
+                                 num_stages=num_stages,
+                                 base_channels=base_channels)
         # layer configs checked once (the deep stem's ConvModule skips the
         # factory); a norm that cannot take feature maps is refused here
         check_layer_cfgs(norm_cfg=norm_cfg, conv_cfg=conv_cfg)
-        if isinstance(num_stages, bool) or num_stages not in (1, 2, 3, 4):
-            raise ValueError(f'num_stages={num_stages!r}; choose from 1, 2, '
-                             f'3, 4')
-        check_per_stage(num_stages, f' (num_stages={num_stages})',
-                        strides=strides, dilations=dilations)
+        check_per_stage(len(plan.widths), plan.where, strides=strides,
+                        dilations=dilations)
         check_style(style)
         check_positive_ints(in_channels=in_channels,
                             stem_channels=stem_channels,
                             base_channels=base_channels)
         check_rate('drop_path_rate', drop_path_rate)
-        self.block = spec.block
-        self.expansion = expansion or spec.block.default_expansion
-        check_positive_ints(expansion=self.expansion)
-        self.stage_blocks = spec.stage_blocks[:num_stages]
         self.in_channels, self.stem_channels = in_channels, stem_channels
         self.base_channels, self.style = base_channels, style
         self.strides, self.dilations = tuple(strides), tuple(dilations)
@@ -184,34 +200,56 @@ class ResNet(BaseBackbone):
         self.conv_cfg, self.norm_cfg = conv_cfg, norm_cfg
         self.with_cp, self.zero_init_residual = with_cp, zero_init_residual
 
-        widths = [base_channels * self.expansion * 2**i
-                  for i in range(num_stages)]
-        stride = 4
-        stage_strides = []
-        for s in self.strides:
-            stride *= s
-            stage_strides.append(stride)
-        self._setup_outputs(widths, stage_strides, out_indices, frozen_stages,
-                            norm_eval)
+        stem = ('stem', ) if deep_stem else ('conv1', 'norm1', 'relu')
+        if self.stem_pool_stride > 1:
+            stem += ('maxpool', )
+        stride = 2 * self.stem_pool_stride
+        stages = []
+        for i, (width, step) in enumerate(zip(plan.widths, self.strides)):
+            stride *= step
+            stages.append(StageInfo(width, stride, (f'layer{i + 1}', )))
+        self._setup_stages(stages, stem=stem, out_indices=out_indices,
+                           frozen_stages=frozen_stages, norm_eval=norm_eval)
 
         self._make_stem_layer(in_channels, stem_channels)
-        rates = drop_path_rates(drop_path_rate, spec.stage_blocks)
+        rates = drop_path_rates(drop_path_rate, plan.rate_blocks)
         self.res_layers = []
         channels = stem_channels
         for i, num_blocks in enumerate(self.stage_blocks):
             layer = self.make_res_layer(
-                block=self.block, num_blocks=num_blocks,
-                in_channels=channels, out_channels=widths[i],
-                expansion=self.expansion, stride=self.strides[i],
+                num_blocks=num_blocks, in_channels=channels,
+                out_channels=plan.widths[i], stride=self.strides[i],
                 dilation=self.dilations[i], style=style, avg_down=avg_down,
                 with_cp=with_cp, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rates=rates[i])
-            channels = widths[i]
+                drop_path_rate=rates[i], **self._stage_blocks_args(i))
+            channels = plan.widths[i]
             self.add_module(f'layer{i + 1}', layer)
             self.res_layers.append(f'layer{i + 1}')
-        self.feat_dim = widths[-1]
-        self._freeze_stages()
-        self._setup_pretrained(pretrained, f'resnet{self.depth}')
+        self.feat_dim = plan.widths[-1]
+        self._finish_init(pretrained, plan.arch_name)
+
+    def _plan_stages(self, depth: Union[int, str, None],
+                     arch: Union[int, str, None], expansion: Optional[int],
+                     num_stages: int, base_channels: int) -> StagePlan:
+        """Resolve the arch into per-stage numbers; set ``depth``,
+        ``block``, ``expansion`` and ``stage_blocks``."""
+        self.depth = parse_depth(depth, arch)
+        spec = RESNET_ARCHS[self.depth]
+        if isinstance(num_stages, bool) or num_stages not in (1, 2, 3, 4):
+            raise ValueError(f'num_stages={num_stages!r}; choose from 1, 2, '
+                             f'3, 4')
+        self.block = spec.block
+        self.expansion = get_expansion(spec.block, expansion)
+        self.stage_blocks = spec.stage_blocks[:num_stages]
+        widths = tuple(base_channels * self.expansion * 2**i
+                       for i in range(num_stages))
+        return StagePlan(widths, spec.stage_blocks,
+                         f' (num_stages={num_stages})',
+                         f'resnet{self.depth}')
+
+    def _stage_blocks_args(self, index: int) -> dict:
+        """Block class and block arguments of stage ``index``."""
+        return dict(block=self.block, expansion=self.expansion)
 
     def make_res_layer(self, **kwargs) -> ResLayer:
         """Build one stage (override to change the block layout)."""
@@ -219,6 +257,7 @@ class ResNet(BaseBackbone):
 
     @property
     def norm1(self) -> nn.Module:
+        """The stem's norm layer (single-conv stem)."""
         return getattr(self, self.norm1_name)
 
     def _make_stem_layer(self, in_channels: int, stem_channels: int) -> None:
@@ -233,34 +272,22 @@ class ResNet(BaseBackbone):
                                        (half, stem_channels, 1))
             ])
         else:
+            size = self.stem_kernel_size
             self.conv1 = conv_layer(self.conv_cfg, in_channels,
-                                    stem_channels, 7, stride=2, padding=3,
-                                    bias=False)
+                                    stem_channels, size, stride=2,
+                                    padding=size // 2, bias=False)
             self.norm1_name, norm1 = norm_layer(self.norm_cfg, stem_channels,
                                                 1)
             self.add_module(self.norm1_name, norm1)
             self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-
-    def stage_parts(self) -> List[List[nn.Module]]:
-        stem = [self.stem] if self.deep_stem else [self.conv1, self.norm1]
-        return [stem] + [[getattr(self, name)] for name in self.res_layers]
+        if self.stem_pool_stride > 1:
+            self.maxpool = nn.MaxPool2d(kernel_size=3,
+                                        stride=self.stem_pool_stride,
+                                        padding=1)
 
     def _init_after_random(self) -> None:
         if self.zero_init_residual:
             zero_init_last_blocks(self)
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
-        x = self.maxpool(x)
-        outs = []
-        for name in self.res_layers[:self.last_needed_stage + 1]:
-            x = getattr(self, name)(x)
-            outs.append(x)
-        return self._select_outputs(outs)
 
 
 @MODELS.register_module()
@@ -305,7 +332,13 @@ _TIMM_DEEP_STEM = {'conv1.0': 'stem.0.conv', 'conv1.1': 'stem.0.bn',
 def resnet_from_torchvision_or_timm(state_dict, model):
     """torchvision and timm ResNets share our stage keys; drop ``fc`` and
     map timm's deep stem (``conv1.0`` ... ``conv1.6``, ``bn1``) and its
-    average-pool shortcut, which keeps an ``Identity`` slot at stride 1."""
+    average-pool shortcut, which keeps an ``Identity`` slot at stride 1.
+    Only for models built of :class:`BasicBlock` / :class:`Bottleneck`
+    (not a subclass with other blocks, such as RegNet)."""
+    if getattr(model, 'block', None) not in (BasicBlock, Bottleneck):
+        raise KeyError(f'{type(model).__name__} is not built of ResNet '
+                       f'blocks; the torchvision/timm ResNet layout does not '
+                       f'apply')
     if 'fc.weight' not in state_dict and 'conv1.0.weight' not in state_dict \
             and not any(k.startswith('conv1.') for k in state_dict):
         raise KeyError('not a torchvision/timm ResNet state dict')

@@ -11,8 +11,8 @@
 * :mod:`.transformer`: transformer encoder blocks and the patch embedding.
 * :mod:`.pos_embed`: position-embedding resizing.
 """
-from .bottleneck import (LAYOUTS, ResidualBlock, ResLayer,
-                         zero_init_last_blocks)
+from .bottleneck import (LAYOUT_EXPANSION, LAYOUTS, ResidualBlock,
+                         ResLayer, get_expansion, zero_init_last_blocks)
 from .checkpointing import run_checkpointed
 from .checks import (STYLES, check_layer_cfgs, check_per_stage,
                      check_positive_ints, check_rate, check_style, is_int,
@@ -28,7 +28,8 @@ from .transformer import (FFN, MultiheadAttention, PatchEmbed, SwiGLUFFN,
                           TransformerEncoderLayer)
 
 __all__ = [
-    'LAYOUTS', 'ResidualBlock', 'ResLayer', 'zero_init_last_blocks',
+    'LAYOUT_EXPANSION', 'LAYOUTS', 'ResidualBlock', 'ResLayer',
+    'get_expansion', 'zero_init_last_blocks',
     'run_checkpointed', 'STYLES', 'check_layer_cfgs', 'check_per_stage',
     'check_positive_ints', 'check_rate', 'check_style', 'is_int',
     'is_number', 'to_pair', 'CSPStage', 'drop_path_module',

@@ -6,7 +6,7 @@ blocks are :class:`ResidualBlock` with other defaults and width rules;
 each family keeps its class names as thin subclasses so its checkpoint
 keys stay the same.
 """
-from typing import List, Optional, Sequence, Type
+from typing import List, Optional, Sequence, Type, Union
 
 from torch import Tensor, nn
 
@@ -18,6 +18,8 @@ from .squeeze_excite import SqueezeExcite
 
 #: ``'basic'``: two 3x3 convs; ``'bottleneck'``: 1x1, 3x3, 1x1 convs.
 LAYOUTS = ('basic', 'bottleneck')
+#: ``out_channels / mid_channels`` of each layout unless a block says.
+LAYOUT_EXPANSION = {'basic': 1, 'bottleneck': 4}
 
 
 class ResidualBlock(nn.Module):
@@ -43,8 +45,9 @@ class ResidualBlock(nn.Module):
         in_channels (int): input channels.
         out_channels (int): output channels.
         expansion (int, optional): ``out_channels / mid_channels`` when
-            ``mid_channels`` is not given; default 1 (basic), 4
-            (bottleneck). A basic block supports only 1.
+            ``mid_channels`` is not given; default the class attribute
+            :attr:`expansion`, else 1 (basic) or 4 (bottleneck). A basic
+            block supports only 1.
         stride (int): stride of the block: on the 3x3 conv
             (``style='pytorch'``, and basic blocks) or the first 1x1 conv
             (``'caffe'``).
@@ -85,6 +88,9 @@ class ResidualBlock(nn.Module):
     layout: str = 'bottleneck'
     #: Prefix of the norm layers' names; None: mmcv's abbreviation.
     norm_prefix: Optional[str] = None
+    #: The default ``expansion`` (what :func:`get_expansion` reads); None:
+    #: the layout's (:data:`LAYOUT_EXPANSION`). Instances hold their own.
+    expansion: Optional[int] = None
 
     def __init__(self, in_channels: int, out_channels: int,
                  expansion: Optional[int] = None, stride: int = 1,
@@ -103,7 +109,7 @@ class ResidualBlock(nn.Module):
         check_style(style)
         basic = layout == 'basic'
         if expansion is None:
-            expansion = 1 if basic else 4
+            expansion = type(self).expansion or LAYOUT_EXPANSION[layout]
         name = type(self).__name__
         if basic and (expansion != 1 or groups != 1 or se_channels):
             raise ValueError(
@@ -115,6 +121,7 @@ class ResidualBlock(nn.Module):
                                  f'divisible by expansion={expansion}')
             mid_channels = out_channels // expansion
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.expansion = expansion
         self.mid_channels, self.groups = mid_channels, groups
         self.stride, self.dilation, self.style = stride, dilation, style
         self.with_cp = with_cp
@@ -150,10 +157,24 @@ class ResidualBlock(nn.Module):
         self.add_module(name, norm)
 
     @property
+    def norm1(self) -> nn.Module:
+        """The norm layer after ``conv1``."""
+        return getattr(self, self.norm1_name)
+
+    @property
+    def norm2(self) -> nn.Module:
+        """The norm layer after ``conv2``."""
+        return getattr(self, self.norm2_name)
+
+    @property
+    def norm3(self) -> nn.Module:
+        """The norm layer after ``conv3`` (bottleneck layout only)."""
+        return getattr(self, self.norm3_name)
+
+    @property
     def last_norm(self) -> nn.Module:
         """The norm layer at the end of the residual branch."""
-        last = 2 if self.layout == 'basic' else 3
-        return getattr(self, getattr(self, f'norm{last}_name'))
+        return self.norm2 if self.layout == 'basic' else self.norm3
 
     def zero_init_last(self) -> None:
         """Zero the last norm's affine parameters, so the block starts as
@@ -164,13 +185,13 @@ class ResidualBlock(nn.Module):
                 nn.init.zeros_(param)
 
     def _residual(self, x: Tensor, shortcut: Optional[Tensor]) -> Tensor:
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = getattr(self, self.norm2_name)(self.conv2(out))
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
         if self.layout == 'bottleneck':
             out = self.relu(out)
             if self.se_layer is not None:
                 out = self.se_layer(out)
-            out = getattr(self, self.norm3_name)(self.conv3(out))
+            out = self.norm3(self.conv3(out))
         if shortcut is None:
             shortcut = x if self.downsample is None else self.downsample(x)
         out = self.drop_path(out)
@@ -201,27 +222,98 @@ def zero_init_last_blocks(model: nn.Module) -> None:
             module.zero_init_last()
 
 
+def get_expansion(block: Type[nn.Module],
+                  expansion: Optional[int] = None) -> int:
+    """The expansion of a residual block class (mmpretrain's rule).
+
+    ``expansion`` if given; else the block's ``expansion`` attribute; else
+    its layout's (:data:`LAYOUT_EXPANSION`: 1 basic, 4 bottleneck).
+
+    Raises:
+        TypeError: ``expansion`` is not an int or None, or the block says
+            nothing that gives one.
+        ValueError: ``expansion`` is not positive.
+
+    Example:
+        >>> get_expansion(ResidualBlock), get_expansion(ResidualBlock, 2)
+        (4, 2)
+        >>> class Wide(nn.Module):
+        ...     expansion = 8
+        >>> get_expansion(Wide)
+        8
+    """
+    if expansion is None:
+        expansion = getattr(block, 'expansion', None)
+        if expansion is None and isinstance(block, type) and \
+                issubclass(block, ResidualBlock):
+            expansion = LAYOUT_EXPANSION[block.layout]
+        if expansion is None:
+            raise TypeError(f'expansion is not specified for '
+                            f'{getattr(block, "__name__", block)!r} (no '
+                            f'expansion attribute); give expansion=<int>')
+    if isinstance(expansion, bool) or not isinstance(expansion, int):
+        raise TypeError(f'expansion={expansion!r} must be an integer or '
+                        f'None')
+    if expansion < 1:
+        raise ValueError(f'expansion={expansion!r} must be a positive int')
+    return expansion
+
+
 class ResLayer(nn.Sequential):
-    """A stage: ``num_blocks`` blocks, the first one downsampling.
+    """A stage: ``num_blocks`` blocks, the first one downsampling
+    (mmpretrain's ``ResLayer``: same arguments).
 
     The shortcut of the first block projects with a 1x1 conv and a norm
     when the stride or the channels change; with ``avg_down`` it pools
     before a stride-1 1x1 conv (ResNet-V1d).
 
+    Args:
+        block (type): the block class, called with ``in_channels``,
+            ``out_channels``, ``expansion``, ``stride``, ``downsample``,
+            ``conv_cfg``, ``norm_cfg``, ``drop_path_rate`` and ``kwargs``.
+        num_blocks (int): blocks in the stage.
+        in_channels (int): input channels of the stage.
+        out_channels (int): output channels of each block.
+        expansion (int, optional): the blocks' expansion; default
+            :func:`get_expansion` of ``block``.
+        stride (int): stride of the first block. Default: 1.
+        avg_down (bool): average-pool, then a stride-1 1x1 conv, in the
+            first block's shortcut. Default: False.
+        conv_cfg (dict, optional): conv layer config.
+        norm_cfg (dict): norm layer config. Default: ``dict(type='BN')``.
+        drop_path_rate (float | Sequence[float]): stochastic depth, one
+            rate for all blocks or one per block. Default: 0.
+        **kwargs: passed to every block (``dilation``, ``style``, ...).
+
+    Attributes:
+        block (type): the block class.
+        expansion (int): the blocks' expansion.
+
     Example:
         >>> import torch
-        >>> stage = ResLayer(ResidualBlock, 2, 16, 32, expansion=4,
-        ...                  stride=2)
+        >>> stage = ResLayer(ResidualBlock, 2, 16, 32, stride=2)
+        >>> stage.expansion, stage[0].mid_channels, stage[0].stride
+        (4, 8, 2)
         >>> tuple(stage(torch.rand(1, 16, 8, 8)).shape)
         (1, 32, 4, 4)
     """
 
     def __init__(self, block: Type[nn.Module], num_blocks: int,
-                 in_channels: int, out_channels: int, expansion: int,
-                 stride: int = 1, avg_down: bool = False,
-                 conv_cfg: Optional[dict] = None,
+                 in_channels: int, out_channels: int,
+                 expansion: Optional[int] = None, stride: int = 1,
+                 avg_down: bool = False, conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
-                 drop_path_rates: Sequence[float] = (), **block_kwargs):
+                 drop_path_rate: Union[float, Sequence[float]] = 0.0,
+                 **kwargs):
+        expansion = get_expansion(block, expansion)
+        if isinstance(drop_path_rate, (int, float)):
+            rates = [float(drop_path_rate)] * num_blocks
+        else:
+            rates = list(drop_path_rate)
+        if len(rates) != num_blocks:
+            raise ValueError(f'drop_path_rate={drop_path_rate!r} gives '
+                             f'{len(rates)} rates for num_blocks='
+                             f'{num_blocks}; give one rate or one per block')
         downsample = None
         if stride != 1 or in_channels != out_channels:
             layers: List[nn.Module] = []
@@ -236,7 +328,6 @@ class ResLayer(nn.Sequential):
                 norm_layer(norm_cfg, out_channels)[1]
             ]
             downsample = nn.Sequential(*layers)
-        rates = list(drop_path_rates) or [0.0] * num_blocks
         blocks = []
         for i in range(num_blocks):
             blocks.append(block(
@@ -245,5 +336,6 @@ class ResLayer(nn.Sequential):
                 stride=stride if i == 0 else 1,
                 downsample=downsample if i == 0 else None,
                 conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                drop_path_rate=rates[i], **block_kwargs))
+                drop_path_rate=rates[i], **kwargs))
         super().__init__(*blocks)
+        self.block, self.expansion = block, expansion
