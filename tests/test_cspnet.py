@@ -322,13 +322,14 @@ def test_with_cp_matches_plain(cls, tiny):
 
 
 def test_frozen_stages_and_norm_eval():
+    # mmpretrain's CSP numbering: k freezes the stem and stages[0..k]
     model = CSPDarkNet(arch=TINY_DARK, frozen_stages=2, norm_eval=False)
     assert model.train() is model
-    frozen = [model.stem, model.stages[0], model.stages[1]]
+    frozen = [model.stem, model.stages[0], model.stages[1], model.stages[2]]
     for part in frozen:
         assert not part.training
         assert not any(p.requires_grad for p in part.parameters())
-    for part in model.stages[2:]:
+    for part in model.stages[3:]:
         assert part.training
         assert all(p.requires_grad for p in part.parameters())
 
@@ -339,11 +340,12 @@ def test_frozen_stages_and_norm_eval():
 
     model = CSPResNet(arch=TINY_RES, frozen_stages=0, norm_eval=True).train()
     assert not any(p.requires_grad for p in model.stem.parameters())
-    assert all(p.requires_grad for p in model.stages.parameters())
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert all(p.requires_grad for p in model.stages[1:].parameters())
     norms = [m for m in model.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert norms and not any(m.training for m in norms)
-    assert model.stages[0].blocks[0].conv1.training
+    assert model.stages[1].blocks[0].conv1.training
 
 
 def test_stops_after_last_needed_stage():

@@ -1,6 +1,6 @@
 """Backbone families, one file each."""
 from .base_backbone import BaseBackbone
-from .cspnet import CSPDarkNet, CSPResNet, CSPResNeXt
+from .cspnet import CSPDarkNet, CSPNet, CSPResNet, CSPResNeXt
 from .dla import DLA
 from .regnet import RegNet
 from .resnet import ResNet, ResNetV1c, ResNetV1d
@@ -8,4 +8,4 @@ from .timm_backbone import TIMMBackbone
 from .torchscript_backbone import TorchScriptBackbone
 from .vision_transformer import VisionTransformer
 
-__all__ = ['BaseBackbone', 'CSPDarkNet', 'CSPResNet', 'CSPResNeXt', 'DLA', 'RegNet', 'ResNet', 'ResNetV1c', 'ResNetV1d', 'TIMMBackbone', 'TorchScriptBackbone', 'VisionTransformer']
+__all__ = ['BaseBackbone', 'CSPDarkNet', 'CSPNet', 'CSPResNet', 'CSPResNeXt', 'DLA', 'RegNet', 'ResNet', 'ResNetV1c', 'ResNetV1d', 'TIMMBackbone', 'TorchScriptBackbone', 'VisionTransformer']

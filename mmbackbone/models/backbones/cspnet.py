@@ -1,34 +1,34 @@
-"""Cross Stage Partial networks: CSPDarkNet, CSPResNet, CSPResNeXt.
-
-CSPNet (Wang et al., 2019, https://arxiv.org/abs/1911.11929) splits the
-features of each stage in two halves: one half runs through the stage's
-blocks, the other crosses the stage untouched, and a 1x1 conv fuses both.
+"""Cross Stage Partial networks (Wang et al., 2019,
+https://arxiv.org/abs/1911.11929; the stage is in
+:mod:`mmbackbone.models.layers.csp_layer`): CSPNet and its depth-indexed
+CSPDarkNet, CSPResNet, CSPResNeXt.
 
 One configurable implementation (:class:`CSPNet`) is driven by an arch
-table of frozen dataclass rows (:data:`CSP_ARCHS`); the registered classes
+table of frozen dataclass rows (:data:`CSP_ARCHS`); the other classes
 only pick a row from ``depth`` and change defaults. Constructor arguments
 and state-dict keys follow mmpretrain 1.2 (``atfer_blocks_conv`` typo
 included), so its checkpoints load with ``strict=True``; timm's
 ``cspdarknet53`` / ``cspresnet50`` / ``cspresnext50`` checkpoints are
 converted on load.
 """
-import dataclasses
 import inspect
 import math
 from typing import (Any, Callable, Dict, List, Mapping, Optional,
                     Sequence, Tuple, Union)
 
-from torch import Tensor, nn
+from torch import nn
 
 from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
+from mmbackbone.utils import normalize_out_indices
 from ..layers import (check_layer_cfgs, check_positive_ints, check_rate,
-                      conv_module, drop_path_rates)
+                      drop_path_rates)
 # the blocks keep their mmpretrain home: importable from this module
 from ..layers.csp_layer import (BLOCKS, STEMS, CSPArch, CSPStage,  # noqa
                                 DarknetBottleneck, ResNetBottleneck,
-                                ResNeXtBottleneck)
-from .base_backbone import BaseBackbone
+                                ResNeXtBottleneck, _is_seq, build_stem,
+                                stem_stride)
+from .base_backbone import BaseBackbone, FreezablePart, StageInfo
 
 #: The arch table: mmpretrain 1.2's three CSP networks.
 CSP_ARCHS: Dict[str, CSPArch] = {
@@ -55,18 +55,19 @@ CSP_ARCHS: Dict[str, CSPArch] = {
         block_args=dict(base_channels=32)),
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(CSPArch))
-
-
 def make_arch(arch: Union[str, Mapping, CSPArch],
-              base: Optional[CSPArch] = None) -> CSPArch:
+              base: Optional[CSPArch] = None,
+              custom_stem: bool = False) -> CSPArch:
     """Turn ``arch`` into a :class:`CSPArch` row.
 
     Args:
         arch: a name in :data:`CSP_ARCHS`, a row, or a dict of row fields
-            (``block_fn`` is accepted for ``block``). With ``base``, the
-            dict only overrides fields of that row.
+            (``block_fn``, one block class or one per stage, is accepted
+            for ``block``). With ``base``, the dict only overrides fields
+            of that row.
         base: the row a partial dict starts from.
+        custom_stem: a ``stem_fn`` builds the stem, so a dict needs no
+            ``stem`` (mmpretrain's arch dicts have none).
 
     Example:
         >>> make_arch('cspresnet50').num_blocks
@@ -84,39 +85,62 @@ def make_arch(arch: Union[str, Mapping, CSPArch],
     if not isinstance(arch, Mapping):
         raise TypeError(f'arch={arch!r} must be an arch name '
                         f'{sorted(CSP_ARCHS)} or a dict of the fields '
-                        f'{list(_FIELDS)}')
-    values = dict(arch)
-    if 'block_fn' in values:
-        block = values.pop('block_fn')
-        names = {cls: name for name, cls in BLOCKS.items()}
-        values['block'] = names.get(block, block)
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise KeyError(f'arch={dict(arch)!r} has unknown keys {unknown}; '
-                       f'valid keys are {list(_FIELDS)}')
-    if base is not None:
-        return dataclasses.replace(base, **values)
-    missing = [name for name in _FIELDS[:5] if name not in values]
-    if missing:
-        raise KeyError(f'arch={dict(arch)!r} lacks the keys {missing}; give '
-                       f'every one of {list(_FIELDS[:5])}')
-    return CSPArch(**values)
+                        f'{CSPArch.field_names()}')
+    return CSPArch.from_dict(arch, base=base, custom_stem=custom_stem)
+
+
+def _check_out_indices(out_indices, num_stages: int) -> None:
+    """:func:`normalize_out_indices`, with mmpretrain's phrases in the
+    message (``get <class 'dict'>``, ``Invalid out_indices 13``)."""
+    try:
+        normalize_out_indices(out_indices, num_stages)
+    except TypeError as err:
+        raise TypeError(f'{err}; get {type(out_indices)} instead') from None
+    except ValueError as err:
+        given = out_indices if _is_seq(out_indices) else (out_indices, )
+        bad = [i for i in given if not -num_stages <= i < num_stages]
+        raise ValueError(f'Invalid out_indices {bad[0]}: {err}' if bad
+                         else str(err)) from None
+
+
+def _check_frozen_stages(frozen_stages, num_stages: int) -> None:
+    """mmpretrain's CSP numbering: ``k`` freezes the stem and stages
+    ``0..k``, so ``k`` runs up to ``num_stages - 1``."""
+    valid = (f"valid values are -1 (nothing), 0..{num_stages - 1} (the "
+             f"stem and stages[0..k]) or 'all'")
+    if frozen_stages == 'all':
+        return
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
+        raise TypeError(f'frozen_stages={frozen_stages!r} must be an int; '
+                        f'{valid}')
+    if not -1 <= frozen_stages < num_stages:
+        raise ValueError(f'frozen_stages={frozen_stages} is out of range; '
+                         f'{valid}')
 
 
 # ------------------------------------------------------------------ model
+@MODELS.register_module()
 class CSPNet(BaseBackbone):
-    """The configurable CSP network the registered classes are built on.
+    """The configurable CSP network the depth-indexed classes are built on
+    (mmpretrain's ``CSPNet``: an arch dict and a ``stem_fn``).
 
     Args:
         arch (str | dict | CSPArch): a name in :data:`CSP_ARCHS`
             (``'cspdarknet53'``, ``'cspresnet50'``, ``'cspresnext50'``) or
-            a dict of :class:`CSPArch` fields.
+            a dict of :class:`CSPArch` fields; ``block_fn`` (a block class,
+            or one per stage) and ``block_args`` (one dict, or one per
+            stage) as in mmpretrain.
+        stem_fn (callable, optional): builds the stem from the input
+            channels, ``stem_fn(in_channels)``; its output channels must be
+            ``arch['in_channels'][0]``. The strides of a custom stem are
+            unknown, so ``out_strides`` are None. Default: the arch row's
+            ``stem``.
         in_channels (int): input image channels. Default: 3.
         out_indices (int | Sequence[int]): stages to output; negative
             indices count from the last. Default: -1.
-        frozen_stages (int | str): -1 nothing, 0 the stem, k the stem and
-            stages 1..k (``self.stages[:k]``), ``'all'`` everything.
-            mmpretrain's CSPNet freezes one stage more for the same k.
+        frozen_stages (int | str): as mmpretrain's CSP networks: -1
+            nothing, k the stem and stages ``0..k`` (``self.stages[:k + 1]``),
+            ``'all'`` everything.
         drop_path_rate (float): stochastic depth, linear over all blocks.
         deep_stem (bool): for the resnet stem, three 3x3 convs (the first
             of stride 2) and no max pool, as mmpretrain.
@@ -130,21 +154,27 @@ class CSPNet(BaseBackbone):
             for this arch, or a name (``cspresnet50.ra_in1k``).
 
     Example:
+        >>> from functools import partial
         >>> import torch
-        >>> from mmbackbone.models.backbones.cspnet import CSPNet
-        >>> model = CSPNet('cspresnet50', out_indices=(0, 3)).eval()
-        >>> for out in model(torch.rand(1, 3, 64, 64)):
-        ...     print(tuple(out.shape))
-        (1, 128, 16, 16)
-        (1, 1024, 2, 2)
+        >>> from mmbackbone.models import CSPNet
+        >>> from mmbackbone.models.backbones.cspnet import ResNetBottleneck
+        >>> arch = dict(block_fn=ResNetBottleneck, in_channels=[32, 64],
+        ...             out_channels=[64, 128], num_blocks=[3, 4])
+        >>> stem_fn = partial(torch.nn.Conv2d, out_channels=32, kernel_size=3)
+        >>> model = CSPNet(arch, stem_fn, out_indices=(0, 1)).eval()
+        >>> [tuple(out.shape) for out in model(torch.rand(1, 3, 34, 34))]
+        [(1, 64, 16, 16), (1, 128, 8, 8)]
     """
 
-    #: ``{depth: arch row}`` of a depth-indexed subclass.
+    #: ``{depth: arch row}`` and ``{depth: arch name}`` (the name the
+    #: weights index knows the row by) of a depth-indexed subclass.
     arch_settings: Dict[int, CSPArch] = {}
+    depth_archs: Dict[int, str] = {}
     zoo_configs = {name: dict(arch=name) for name in CSP_ARCHS}
 
     def __init__(self,
                  arch: Union[str, Mapping, CSPArch],
+                 stem_fn: Optional[Callable[[int], nn.Module]] = None,
                  in_channels: int = 3,
                  out_indices: Union[int, Sequence[int]] = -1,
                  frozen_stages: Union[int, str] = -1,
@@ -159,91 +189,97 @@ class CSPNet(BaseBackbone):
                      type='Kaiming', layer='Conv2d'),
                  pretrained: Union[bool, str] = False):
         super().__init__(init_cfg)
-        self.arch = spec = make_arch(arch)
+        if stem_fn is not None and not callable(stem_fn):
+            raise TypeError(f'stem_fn={stem_fn!r} must be a callable that '
+                            f'builds the stem from in_channels')
+        self.arch = spec = make_arch(arch, custom_stem=stem_fn is not None)
         check_positive_ints(in_channels=in_channels)
         check_rate('drop_path_rate', drop_path_rate)
-        if deep_stem and spec.stem != 'resnet':
+        if spec.stem is None and stem_fn is None:
+            raise ValueError(f'arch={arch!r} names no stem; give stem_fn or '
+                             f'an arch stem from {list(STEMS)}')
+        if deep_stem and (spec.stem != 'resnet' or stem_fn is not None):
             raise ValueError(f'deep_stem=True needs the resnet stem; this '
-                             f'arch has stem={spec.stem!r}')
+                             f'arch has stem={spec.stem!r}' +
+                             (' and a stem_fn' if stem_fn else ''))
+        _check_out_indices(out_indices, spec.num_stages)
+        _check_frozen_stages(frozen_stages, spec.num_stages)
         # validate the layer configs once, with errors naming the argument
         check_layer_cfgs(norm_cfg=norm_cfg, act_cfg=act_cfg,
                          conv_cfg=conv_cfg)
         self.in_channels, self.deep_stem = in_channels, deep_stem
-        self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, \
-            act_cfg
-        self.with_cp, self.drop_path_rate = with_cp, drop_path_rate
+        self.conv_cfg, self.norm_cfg, self.act_cfg, self.with_cp, \
+            self.drop_path_rate = conv_cfg, norm_cfg, act_cfg, with_cp, \
+            drop_path_rate
 
-        stride = {'darknet': 1, 'resnet': 2 if deep_stem else 4}[spec.stem]
-        stage_strides = []
-        for down in spec.has_downsampler:
-            stride *= 2 if down else 1
-            stage_strides.append(stride)
-        self._setup_outputs(spec.out_channels, stage_strides, out_indices,
-                            frozen_stages, norm_eval)
-
-        self.stem = self._make_stem_layer(in_channels)
+        self._setup_stages(
+            [StageInfo(channels, stride, (f'stages.{i}', ))
+             for i, (channels, stride) in enumerate(zip(
+                 spec.out_channels, self._stage_strides(stem_fn)))],
+            stem=('stem', ), out_indices=out_indices,
+            frozen_stages=frozen_stages, norm_eval=norm_eval)
+        self.stem = (stem_fn(in_channels) if stem_fn is not None
+                     else self._make_stem_layer(in_channels))
         rates = drop_path_rates(drop_path_rate, spec.num_blocks)
         stages = []
-        for i in range(spec.num_stages):
-            n = spec.num_blocks[i]
+        for i, block_fn in enumerate(spec.stage_blocks):
             try:
                 stages.append(CSPStage(
-                    BLOCKS[spec.block], spec.in_channels[i],
-                    spec.out_channels[i],
+                    block_fn, spec.in_channels[i], spec.out_channels[i],
                     has_downsampler=spec.has_downsampler[i],
                     down_growth=spec.down_growth[i],
                     expand_ratio=spec.expand_ratio[i],
-                    bottle_ratio=spec.bottle_ratio[i], num_blocks=n,
-                    block_dpr=rates[i], block_args=spec.block_args[i],
-                    conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                    with_cp=with_cp))
+                    bottle_ratio=spec.bottle_ratio[i],
+                    num_blocks=spec.num_blocks[i], block_dpr=rates[i],
+                    block_args=spec.block_args[i], conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg, act_cfg=act_cfg, with_cp=with_cp))
             except (ValueError, TypeError) as err:  # a custom arch row
                 raise type(err)(
-                    f'arch stage {i} (block={spec.block!r}, in_channels='
+                    f'arch stage {i} (block={block_fn!r}, in_channels='
                     f'{spec.in_channels[i]}, out_channels='
                     f'{spec.out_channels[i]}, block_args='
                     f'{spec.block_args[i]!r}) cannot be built: {err}'
                 ) from err
         self.stages = nn.Sequential(*stages)
-        self._freeze_stages()
-        self._setup_pretrained(pretrained, [
-            name for name, row in CSP_ARCHS.items() if row == spec
-        ] or ['a custom arch'])
+        self._finish_init(pretrained, arch if isinstance(arch, str) else None)
+
+    def _stage_strides(self, stem_fn) -> List[Optional[int]]:
+        """Stride of each stage's output (None after a custom stem)."""
+        if stem_fn is not None:
+            return [None] * self.arch.num_stages
+        stride, strides = stem_stride(self.arch.stem, self.deep_stem), []
+        for down in self.arch.has_downsampler:
+            stride *= 2 if down else 1
+            strides.append(stride)
+        return strides
 
     def _make_stem_layer(self, in_channels: int) -> nn.Module:
-        """The stem: its width is the first stage's ``in_channels``."""
-        width = self.arch.in_channels[0]
-        kwargs = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
-                      act_cfg=self.act_cfg)
-        if self.arch.stem == 'darknet':
-            return conv_module(in_channels, width, 3, padding=1, **kwargs)
-        if self.deep_stem:
-            half = width // 2
-            return nn.Sequential(
-                conv_module(in_channels, half, 3, stride=2, padding=1,
-                           **kwargs),
-                conv_module(half, half, 3, padding=1, **kwargs),
-                conv_module(half, width, 3, padding=1, **kwargs))
-        return nn.Sequential(
-            conv_module(in_channels, width, 7, stride=2, padding=3, **kwargs),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        """The arch row's stem, as wide as the first stage's input."""
+        return build_stem(self.arch.stem, in_channels,
+                          self.arch.in_channels[0], self.deep_stem,
+                          conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                          act_cfg=self.act_cfg)
+
+    def stage_parts(self) -> List[List[FreezablePart]]:
+        """mmpretrain's CSP numbering: entry 0 is the stem with
+        ``stages[0]``, entry k is ``stages[k]``, so ``frozen_stages=k``
+        freezes the stem and stages ``0..k``."""
+        stem, first, *rest = super().stage_parts()
+        return [stem + first] + rest
 
     @classmethod
-    def resolve_depth(cls, depth, arch) -> Tuple[Optional[int], CSPArch]:
-        """Pick the row of a depth-indexed subclass.
-
-        ``arch`` is an alias of ``depth`` (``50``, ``'50'`` or the arch
-        name such as ``'cspresnet50'``); a dict ``arch`` overrides fields
-        of the default row. With neither, the only depth is used.
-
-        Returns:
-            tuple: the depth (None for a dict arch) and the row.
-        """
+    def resolve_depth(cls, depth, arch) -> Tuple[Optional[int],
+                                                 Union[str, CSPArch]]:
+        """The depth and arch name (:attr:`depth_archs`) of a
+        depth-indexed subclass, or None and the row for a dict ``arch``
+        (it overrides fields of the default row). ``arch`` is otherwise an
+        alias of ``depth`` (``50``, ``'50'``, ``'cspresnet50'``); with
+        neither, the only depth is used."""
         name = cls.__name__
         if isinstance(arch, (Mapping, CSPArch)):
             if depth is None:
                 depth = next(iter(cls.arch_settings))
-            base = cls.resolve_depth(depth, None)[1]
+            base = cls.arch_settings[cls.resolve_depth(depth, None)[0]]
             return None, make_arch(arch, base=base)
         if depth is not None and arch is not None:
             if cls.resolve_depth(depth, None) != cls.resolve_depth(None,
@@ -255,40 +291,30 @@ class CSPNet(BaseBackbone):
         arg = 'depth' if depth is not None or arch is None else 'arch'
         if value is None:
             value = next(iter(cls.arch_settings))
-        names = {arch_name: d for d, row in cls.arch_settings.items()
-                 for arch_name, known in CSP_ARCHS.items() if known is row}
+        depths, names = sorted(cls.arch_settings), sorted(
+            cls.depth_archs.values())
+        valid = f'depth must be one of {depths} (or arch names {names})'
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise TypeError(f'{arg}={value!r} must be a {name} depth (int) '
-                            f'or arch name; choose from '
-                            f'{sorted(cls.arch_settings)} or {sorted(names)}')
+                            f'or arch name; {valid}')
         if isinstance(value, str):
             lowered = value.lower()
-            value = names.get(lowered, int(lowered) if lowered.isdigit()
-                              else value)
+            by_name = {n: d for d, n in cls.depth_archs.items()}
+            value = by_name.get(lowered, int(lowered) if lowered.isdigit()
+                                else value)
         if isinstance(value, bool) or value not in cls.arch_settings:
             raise KeyError(f'{arg}={value!r} is not a {name} depth; choose '
-                           f'from {sorted(cls.arch_settings)} (or arch names '
-                           f'{sorted(names)})')
-        return value, cls.arch_settings[value]
-
-    def stage_parts(self) -> List[List[nn.Module]]:
-        return [[self.stem]] + [[stage] for stage in self.stages]
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.stem(x)
-        outs = []
-        for i in range(self.last_needed_stage + 1):
-            x = self.stages[i](x)
-            outs.append(x)
-        return self._select_outputs(outs)
+                           f'from {depths} (or arch names {names}); {valid}')
+        return value, cls.depth_archs[value]
 
 
 def depth_indexed_init(defaults: Mapping[str, Any],
                        without: Sequence[str] = ()) -> Callable:
-    """The ``__init__`` of a registered CSP type: ``depth`` (or ``arch``)
-    picks a row of the type's ``arch_settings``; the other arguments are
-    :class:`CSPNet`'s, with ``defaults`` in place of its defaults and
-    ``without`` left out.
+    """The ``__init__`` of a depth-indexed CSP type: ``depth`` (or
+    ``arch``) picks a row of the type's ``arch_settings``; the other
+    arguments are :class:`CSPNet`'s but ``stem_fn`` (the row names the
+    stem), with ``defaults`` in place of its defaults and ``without`` left
+    out.
 
     The signature is derived from :class:`CSPNet`'s, not restated, and
     set as ``__signature__``, so ``inspect.signature`` (``mmbackbone info
@@ -304,7 +330,7 @@ def depth_indexed_init(defaults: Mapping[str, Any],
             params.append(Parameter(
                 'arch', Parameter.POSITIONAL_OR_KEYWORD, default=None,
                 annotation=Union[int, str, dict, None]))
-        if name != 'arch' and name not in without:
+        if name not in ('arch', 'stem_fn', *without):
             params.append(param.replace(
                 default=defaults.get(name, param.default)))
     signature = inspect.Signature(params)
@@ -317,9 +343,9 @@ def depth_indexed_init(defaults: Mapping[str, Any],
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         del arguments['self']
-        depth, row = self.resolve_depth(arguments.pop('depth'),
-                                        arguments.pop('arch'))
-        CSPNet.__init__(self, row, **arguments)
+        depth, arch = self.resolve_depth(arguments.pop('depth'),
+                                         arguments.pop('arch'))
+        CSPNet.__init__(self, arch, **arguments)
         self.depth = depth
 
     __init__.__signature__ = signature
@@ -333,8 +359,8 @@ def depth_indexed_init(defaults: Mapping[str, Any],
 class CSPDarkNet(CSPNet):
     """CSP-DarkNet-53, the YOLOv4 backbone (mmpretrain-compatible).
 
-    Arguments are :class:`CSPNet`'s but ``arch`` and ``deep_stem``, plus
-    ``depth``; the defaults differ where listed.
+    Arguments are :class:`CSPNet`'s but ``arch``, ``stem_fn`` and
+    ``deep_stem``, plus ``depth``; the defaults differ where listed.
 
     Args:
         depth (int | str): 53 (the default; ``'cspdarknet53'`` works).
@@ -346,19 +372,16 @@ class CSPDarkNet(CSPNet):
             overriding fields of the CSPDarkNet-53 row.
 
     Example:
-        >>> import torch
         >>> from mmbackbone.models import CSPDarkNet
-        >>> model = CSPDarkNet(depth=53, out_indices=(0, 1, 2, 3, 4)).eval()
-        >>> for out in model(torch.rand(1, 3, 64, 64)):
-        ...     print(tuple(out.shape))
-        (1, 64, 32, 32)
-        (1, 128, 16, 16)
-        (1, 256, 8, 8)
-        (1, 512, 4, 4)
-        (1, 1024, 2, 2)
+        >>> model = CSPDarkNet(depth=53, out_indices=(0, 1, 2, 3, 4))
+        >>> model.out_channels
+        (64, 128, 256, 512, 1024)
+        >>> model.out_strides
+        (2, 4, 8, 16, 32)
     """
 
     arch_settings = {53: CSP_ARCHS['cspdarknet53']}
+    depth_archs = {53: 'cspdarknet53'}
     zoo_configs = {'cspdarknet53': dict(depth=53)}
     __init__ = depth_indexed_init(
         dict(out_indices=(4, ),
@@ -372,8 +395,8 @@ class CSPDarkNet(CSPNet):
 class CSPResNet(CSPNet):
     """CSP-ResNet-50 (mmpretrain-compatible).
 
-    Arguments are :class:`CSPNet`'s but ``arch``, plus ``depth``; the
-    defaults differ where listed.
+    Arguments are :class:`CSPNet`'s but ``arch`` and ``stem_fn``, plus
+    ``depth``; the defaults differ where listed.
 
     Args:
         depth (int | str): 50 (the default; ``'cspresnet50'`` works).
@@ -385,16 +408,15 @@ class CSPResNet(CSPNet):
     Example:
         >>> import torch
         >>> from mmbackbone.models import CSPResNet
-        >>> model = CSPResNet(depth=50, out_indices=(0, 1, 2, 3)).eval()
-        >>> for out in model(torch.rand(1, 3, 64, 64)):
-        ...     print(tuple(out.shape))
-        (1, 128, 16, 16)
-        (1, 256, 8, 8)
-        (1, 512, 4, 4)
-        (1, 1024, 2, 2)
+        >>> model = CSPResNet(depth=50, deep_stem=True).eval()
+        >>> model.out_strides
+        (16,)
+        >>> tuple(model(torch.rand(1, 3, 64, 64))[0].shape)
+        (1, 1024, 4, 4)
     """
 
     arch_settings = {50: CSP_ARCHS['cspresnet50']}
+    depth_archs = {50: 'cspresnet50'}
     zoo_configs = {'cspresnet50': dict(depth=50)}
     __init__ = depth_indexed_init(dict(out_indices=(3, )))
 
@@ -410,14 +432,13 @@ class CSPResNeXt(CSPResNet):
         >>> model = CSPResNeXt(arch=50, out_indices=(1, 2, 3)).eval()
         >>> model.out_channels
         (512, 1024, 2048)
-        >>> for out in model(torch.rand(1, 3, 64, 64)):
-        ...     print(tuple(out.shape))
-        (1, 512, 8, 8)
-        (1, 1024, 4, 4)
-        (1, 2048, 2, 2)
+        >>> outs = model(torch.rand(1, 3, 64, 64))
+        >>> [out.shape[-1] for out in outs]
+        [8, 4, 2]
     """
 
     arch_settings = {50: CSP_ARCHS['cspresnext50']}
+    depth_archs = {50: 'cspresnext50'}
     zoo_configs = {'cspresnext50': dict(depth=50)}
 
 

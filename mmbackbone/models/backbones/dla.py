@@ -28,7 +28,7 @@ from mmbackbone.utils import closest
 from ..layers import (ResidualBlock, act_layer, check_layer_cfgs,
                       check_positive_ints, check_rate, conv_layer,
                       drop_path_rates, is_int, norm_layer, run_checkpointed)
-from .base_backbone import BaseBackbone
+from .base_backbone import BaseBackbone, StageInfo
 
 #: Strides of level0 .. level5 (timm asserts output_stride=32 as well).
 LEVEL_STRIDES = (1, 2, 4, 8, 16, 32)
@@ -126,6 +126,11 @@ DLA_ARCHS: Dict[str, DLAArch] = {
 }
 
 
+def arch_key(arch: str) -> str:
+    """The table name an arch name spells (``'DLA-34'`` is ``dla34``)."""
+    return arch.lower().replace('-', '')
+
+
 def parse_arch(arch: Union[str, dict, DLAArch]) -> DLAArch:
     """Look up an arch name, or validate a dict against :class:`DLAArch`.
 
@@ -139,7 +144,7 @@ def parse_arch(arch: Union[str, dict, DLAArch]) -> DLAArch:
     if isinstance(arch, DLAArch):
         return arch
     if isinstance(arch, str):
-        key = arch.lower().replace('-', '')
+        key = arch_key(arch)
         if key not in DLA_ARCHS:
             raise KeyError(f'arch={arch!r}; choose from {sorted(DLA_ARCHS)}.'
                            f'{closest(arch, DLA_ARCHS)}')
@@ -319,14 +324,10 @@ class DLA(BaseBackbone):
         >>> import torch
         >>> from mmbackbone.models import DLA
         >>> model = DLA(arch='dla34', out_indices=(2, 3, 4, 5)).eval()
-        >>> for out in model(torch.rand(1, 3, 64, 64)):
-        ...     print(tuple(out.shape))
-        (1, 64, 16, 16)
-        (1, 128, 8, 8)
-        (1, 256, 4, 4)
-        (1, 512, 2, 2)
-        >>> model.out_strides
-        (4, 8, 16, 32)
+        >>> model.out_channels, model.out_strides
+        ((64, 128, 256, 512), (4, 8, 16, 32))
+        >>> [out.shape[-1] for out in model(torch.rand(1, 3, 64, 64))]
+        [16, 8, 4, 2]
     """
 
     arch_settings = DLA_ARCHS
@@ -359,8 +360,11 @@ class DLA(BaseBackbone):
             raise TypeError(f'with_cp={with_cp!r} must be True or False')
         check_rate('drop_path_rate', drop_path_rate)
         levels, channels = self.arch.levels, self.arch.channels
-        self._setup_outputs(channels, LEVEL_STRIDES, out_indices,
-                            frozen_stages, norm_eval)
+        self._setup_stages(
+            [StageInfo(c, stride, (f'level{i}', )) for i, (c, stride) in
+             enumerate(zip(channels, LEVEL_STRIDES))],
+            stem=('base_layer', ), out_indices=out_indices,
+            frozen_stages=frozen_stages, norm_eval=norm_eval)
         self.in_channels, self.with_cp = in_channels, with_cp
         self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, \
             act_cfg
@@ -389,11 +393,9 @@ class DLA(BaseBackbone):
                 with_cp=with_cp, drop_path_rates=rates,
                 cardinality=self.arch.cardinality,
                 base_width=self.arch.base_width, **layer_cfg))
-        self.level_names = [f'level{i}' for i in range(6)]
-        self._freeze_stages()
-        self._setup_pretrained(pretrained, [name for name, row in
-                                            DLA_ARCHS.items()
-                                            if row == self.arch])
+        # a named arch has indexed weights; a dict is a custom arch
+        self._finish_init(pretrained,
+                          arch_key(arch) if isinstance(arch, str) else None)
 
     def _conv_level(self, in_channels: int, out_channels: int,
                     num_convs: int, stride: int) -> nn.Sequential:
@@ -409,18 +411,6 @@ class DLA(BaseBackbone):
             ]
             in_channels = out_channels
         return nn.Sequential(*layers)
-
-    def stage_parts(self) -> List[List[nn.Module]]:
-        return [[self.base_layer]] + [[getattr(self, name)]
-                                      for name in self.level_names]
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.base_layer(x)
-        outs = []
-        for name in self.level_names[:self.last_needed_stage + 1]:
-            x = getattr(self, name)(x)
-            outs.append(x)
-        return self._select_outputs(outs)
 
 
 # ------------------------------------------------------------ conversion

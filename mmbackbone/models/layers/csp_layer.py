@@ -13,8 +13,9 @@ Example:
     >>> tuple(stage(torch.rand(1, 16, 8, 8)).shape)
     (1, 32, 4, 4)
 """
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import (Any, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from torch import Tensor, nn
@@ -93,9 +94,11 @@ class ResNetBottleneck(ResidualBlock):
         groups (int): groups of the 3x3 conv. Default: 1.
         base_channels (int): ResNeXt base width. Default: 64.
         width_per_group (int): ResNeXt width per group. Default: 4.
-        conv_cfg, norm_cfg, act_cfg (dict): layer configs.
         drop_path_rate (float): stochastic depth of the residual branch.
-        with_cp (bool): gradient checkpointing of the block.
+        **layer_kwargs: ``conv_cfg``, ``norm_cfg``, ``act_cfg`` and
+            ``with_cp`` of :class:`ResidualBlock` (its defaults, BN and
+            ReLU, are those of mmpretrain's ResNet bottleneck; a CSP stage
+            passes its own).
     """
 
     expand_act = False
@@ -103,10 +106,8 @@ class ResNetBottleneck(ResidualBlock):
 
     def __init__(self, in_channels: int, out_channels: int,
                  expansion: int = 4, groups: int = 1, base_channels: int = 64,
-                 width_per_group: int = 4, conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', eps=1e-5),
-                 act_cfg: dict = dict(type='LeakyReLU', inplace=True),
-                 drop_path_rate: float = 0., with_cp: bool = False):
+                 width_per_group: int = 4, drop_path_rate: float = 0.,
+                 **layer_kwargs: Any):
         if in_channels != out_channels:
             raise ValueError(f'in_channels={in_channels} and out_channels='
                              f'{out_channels} must be equal: CSP blocks have '
@@ -120,11 +121,10 @@ class ResNetBottleneck(ResidualBlock):
                 raise ValueError(f'middle channels {mid} are not divisible '
                                  f'by base_channels={base_channels}')
             mid = groups * width_per_group * mid // base_channels
-        super().__init__(in_channels, out_channels, with_cp=with_cp,
-                         conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                         act_cfg=act_cfg,
+        super().__init__(in_channels, out_channels, mid_channels=mid,
+                         groups=groups,
                          drop_path_rate=_csp_rate(drop_path_rate),
-                         mid_channels=mid, groups=groups)
+                         **layer_kwargs)
 
 
 class ResNeXtBottleneck(ResNetBottleneck):
@@ -156,7 +156,10 @@ class CSPStage(nn.Module):
     and fused by ``final_conv`` (1x1).
 
     Args:
-        block_fn (type): block class (see :data:`BLOCKS`).
+        block_fn (type): block class (see :data:`BLOCKS`), or any block
+            taking ``in_channels``, ``out_channels``, ``expansion``,
+            ``drop_path_rate`` and the layer configs (its class attributes
+            ``down_groups`` and ``expand_act`` default to 1 and False).
         in_channels (int): input channels.
         out_channels (int): output channels.
         has_downsampler (bool): start with a stride-2 3x3 conv.
@@ -185,7 +188,7 @@ class CSPStage(nn.Module):
         if has_downsampler:
             self.downsample_conv = conv_module(
                 in_channels, down_channels, 3, stride=2, padding=1,
-                groups=block_fn.down_groups, conv_cfg=conv_cfg,
+                groups=getattr(block_fn, 'down_groups', 1), conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg, act_cfg=act_cfg)
         else:
             self.downsample_conv = nn.Identity()
@@ -193,14 +196,18 @@ class CSPStage(nn.Module):
         self.expand_conv = conv_module(
             down_channels, exp_channels, 1, conv_cfg=conv_cfg,
             norm_cfg=norm_cfg,
-            act_cfg=act_cfg if block_fn.expand_act else None)
+            act_cfg=act_cfg if getattr(block_fn, 'expand_act', False)
+            else None)
         self.split = block_channels = exp_channels // 2
         rates = list(block_dpr) or [0.] * num_blocks
+        # with_cp only when asked: a foreign block may not take it
+        extra = dict(block_args or {}, **(dict(with_cp=True) if with_cp
+                                           else {}))
         self.blocks = nn.Sequential(*[
             block_fn(in_channels=block_channels, out_channels=block_channels,
                      expansion=bottle_ratio, drop_path_rate=rates[i],
                      conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                     with_cp=with_cp, **dict(block_args or {}))
+                     **extra)
             for i in range(num_blocks)
         ])
         self.atfer_blocks_conv = conv_module(
@@ -219,9 +226,39 @@ class CSPStage(nn.Module):
 
 # ------------------------------------------------------- stage stack row
 #: Stem names usable in an arch row: a stride-1 3x3 conv (darknet), or a
-#: stride-2 7x7 conv and a stride-2 max pool (resnet).
+#: stride-2 7x7 conv and a stride-2 max pool (resnet). A row whose stem a
+#: ``stem_fn`` builds has ``stem=None``.
 STEMS = ('darknet', 'resnet')
 
+
+def stem_stride(stem: str, deep_stem: bool = False) -> int:
+    """The stride of a named stem (the deep resnet stem has no pool)."""
+    return {'darknet': 1, 'resnet': 2 if deep_stem else 4}[stem]
+
+
+def build_stem(stem: str, in_channels: int, width: int,
+               deep_stem: bool = False, **layer_cfg: Any) -> nn.Module:
+    """A named stem (:data:`STEMS`) of ``width`` output channels; with
+    ``deep_stem`` the resnet stem is three 3x3 convs (the first of stride
+    2) and no max pool, as mmpretrain. ``layer_cfg``: ``conv_cfg``,
+    ``norm_cfg``, ``act_cfg``.
+
+    Example:
+        >>> len(build_stem('resnet', 3, 64, deep_stem=True))
+        3
+    """
+    if stem == 'darknet':
+        return conv_module(in_channels, width, 3, padding=1, **layer_cfg)
+    if deep_stem:
+        half = width // 2
+        return nn.Sequential(
+            conv_module(in_channels, half, 3, stride=2, padding=1,
+                        **layer_cfg),
+            conv_module(half, half, 3, padding=1, **layer_cfg),
+            conv_module(half, width, 3, padding=1, **layer_cfg))
+    return nn.Sequential(
+        conv_module(in_channels, width, 7, stride=2, padding=3, **layer_cfg),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
 
 
 def _is_seq(value) -> bool:
@@ -245,8 +282,10 @@ class CSPArch:
     scalar given to a per-stage field is broadcast to every stage).
 
     Attributes:
-        block: block name, one of :data:`BLOCKS`.
-        stem: stem name, one of :data:`STEMS`.
+        block: block name, one of :data:`BLOCKS`, or a block class; or
+            one of those per stage (:attr:`stage_blocks` gives the classes).
+        stem: stem name, one of :data:`STEMS`; None where the network's
+            ``stem_fn`` builds the stem.
         in_channels: input channels of each stage (the first is the
             stem's width).
         out_channels: output channels of each stage.
@@ -257,8 +296,8 @@ class CSPArch:
         down_growth: whether that conv grows to ``out_channels``.
         block_args: extra block arguments (one dict, or one per stage).
     """
-    block: str
-    stem: str
+    block: Union[str, type, Tuple[Union[str, type], ...]]
+    stem: Optional[str]
     in_channels: Tuple[int, ...]
     out_channels: Tuple[int, ...]
     num_blocks: Tuple[int, ...]
@@ -270,14 +309,10 @@ class CSPArch:
         default_factory=dict)
 
     def __post_init__(self):
-        for name, known in (('block', BLOCKS), ('stem', STEMS)):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f'arch {name}={getattr(self, name)!r} must '
-                                f'be a name; choose from {sorted(known)}')
-        if self.block not in BLOCKS:
-            raise KeyError(f'arch block={self.block!r}; choose from '
-                           f'{sorted(BLOCKS)}')
-        if self.stem not in STEMS:
+        if self.stem is not None and not isinstance(self.stem, str):
+            raise TypeError(f'arch stem={self.stem!r} must be a name; '
+                            f'choose from {list(STEMS)}')
+        if self.stem is not None and self.stem not in STEMS:
             raise KeyError(f'arch stem={self.stem!r}; choose from '
                            f'{list(STEMS)}')
         if not _is_seq(self.in_channels) or not self.in_channels:
@@ -291,6 +326,16 @@ class CSPArch:
                     for v in value):
                 raise ValueError(f'arch {name}={value!r} must be a tuple of '
                                  f'positive ints')
+        blocks = _per_stage(self.block, 'block', num_stages)
+        for block in blocks:
+            if isinstance(block, str) and block not in BLOCKS:
+                raise KeyError(f'arch block={block!r}; choose from '
+                               f'{sorted(BLOCKS)}')
+            if not isinstance(block, str) and not callable(block):
+                raise TypeError(f'arch block={block!r} must be a name in '
+                                f'{sorted(BLOCKS)} or a block class')
+        if _is_seq(self.block):
+            object.__setattr__(self, 'block', blocks)
         for name in ('in_channels', 'out_channels', 'num_blocks',
                      'expand_ratio', 'bottle_ratio', 'has_downsampler',
                      'down_growth', 'block_args'):
@@ -324,7 +369,47 @@ class CSPArch:
                     f'{exp} channels before the split in stage {i}; they '
                     f'must be even and at least 2')
 
+    @classmethod
+    def field_names(cls) -> List[str]:
+        """The field names, in order (the keys an arch dict may hold)."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, arch: Mapping, base: Optional['CSPArch'] = None,
+                  custom_stem: bool = False) -> 'CSPArch':
+        """A row from a dict of its fields (``block_fn``, one block class
+        or one per stage, is accepted for ``block``); with ``base``, the
+        dict only overrides fields of that row. ``custom_stem``: a
+        ``stem_fn`` builds the stem, so ``stem`` may be left out.
+        """
+        values, names = dict(arch), cls.field_names()
+        if 'block_fn' in values:
+            block = values.pop('block_fn')
+            known = {block_cls: name for name, block_cls in BLOCKS.items()}
+            values['block'] = (tuple(known.get(b, b) for b in block)
+                               if _is_seq(block) else known.get(block, block))
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise KeyError(f'arch={dict(arch)!r} has unknown keys {unknown}; '
+                           f'valid keys are {names}')
+        if base is not None:
+            return replace(base, **values)
+        if custom_stem:
+            values.setdefault('stem', None)
+        missing = [name for name in names[:5] if name not in values]
+        if missing:
+            raise KeyError(f'arch={dict(arch)!r} lacks the keys {missing}; '
+                           f'give every one of {names[:5]}')
+        return cls(**values)
+
     @property
     def num_stages(self) -> int:
         """How many stages the row defines."""
         return len(self.in_channels)
+
+    @property
+    def stage_blocks(self) -> Tuple[Any, ...]:
+        """The block class of each stage."""
+        blocks = _per_stage(self.block, 'block', self.num_stages)
+        return tuple(BLOCKS.get(b, b) if isinstance(b, str) else b
+                     for b in blocks)
