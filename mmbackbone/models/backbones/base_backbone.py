@@ -33,6 +33,7 @@ Example:
     (False, True)
 """
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import (Any, ClassVar, Dict, List, Optional, Sequence, Tuple,
                     Union)
@@ -49,6 +50,28 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 FreezablePart = Union[nn.Module, nn.Parameter]
 Stride = Union[int, Tuple[int, int], None]
+
+
+def bind_arguments(signature: 'inspect.Signature', module: nn.Module,
+                   args: tuple, kwargs: dict) -> Dict[str, Any]:
+    """Bind a derived constructor signature (one that restates no
+    arguments of the base class it comes from) and return the arguments,
+    defaults applied, ``self`` left out; a wrong call names the class.
+
+    Example:
+        >>> import inspect
+        >>> def f(self, depth=18, out_indices=(3, )): ...
+        >>> bind_arguments(inspect.signature(f), nn.Identity(), (50, ), {})
+        {'depth': 50, 'out_indices': (3,)}
+    """
+    try:
+        bound = signature.bind(module, *args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f'{type(module).__name__}: {err}') from None
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(signature.parameters)))
+    return arguments
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from ..layers.csp_layer import (BLOCKS, STEMS, CSPArch, CSPStage,  # noqa
                                 DarknetBottleneck, ResNetBottleneck,
                                 ResNeXtBottleneck, _is_seq, build_stem,
                                 stem_stride)
-from .base_backbone import BaseBackbone, FreezablePart, StageInfo
+from .base_backbone import (BaseBackbone, FreezablePart, StageInfo,
+                            bind_arguments)
 
 #: The arch table: mmpretrain 1.2's three CSP networks.
 CSP_ARCHS: Dict[str, CSPArch] = {
@@ -336,13 +337,7 @@ def depth_indexed_init(defaults: Mapping[str, Any],
     signature = inspect.Signature(params)
 
     def __init__(self, *args, **kwargs):
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError as err:
-            raise TypeError(f'{type(self).__name__}: {err}') from None
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments['self']
+        arguments = bind_arguments(signature, self, args, kwargs)
         depth, arch = self.resolve_depth(arguments.pop('depth'),
                                          arguments.pop('arch'))
         CSPNet.__init__(self, arch, **arguments)

@@ -28,6 +28,7 @@ from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest
 from ..layers import ResidualBlock, is_int, is_number
+from .base_backbone import bind_arguments
 from .resnet import ResNet, StagePlan
 
 
@@ -276,13 +277,7 @@ class RegNet(ResNet):
     stem_pool_stride = 1
 
     def __init__(self, *args, **kwargs):
-        try:
-            bound = REGNET_SIGNATURE.bind(self, *args, **kwargs)
-        except TypeError as err:
-            raise TypeError(f'{type(self).__name__}: {err}') from None
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments['self']
+        arguments = bind_arguments(REGNET_SIGNATURE, self, args, kwargs)
         if arguments['deep_stem']:
             raise ValueError('deep_stem=True is not supported by RegNet (its '
                              'stem is one 3x3 conv); use deep_stem=False')
