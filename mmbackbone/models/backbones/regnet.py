@@ -361,6 +361,33 @@ _TIMM_ROLES = {'conv1.conv': 'conv1', 'conv1.bn': 'bn1',
                'downsample.conv': 'proj', 'downsample.bn': 'proj_bn'}
 
 
+def _convert(state_dict, model, head: Tuple[str, ...], stem: Dict[str, str],
+             locate) -> dict:
+    """Rename a peer's RegNet keys: ``head`` keys dropped, ``stem.<k>``
+    through ``stem`` (``'bn'`` standing for the model's norm name), block
+    keys through ``locate(parts) -> (stage, block, role, rest)``."""
+    names = _block_names(model)
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith(head):
+            continue
+        parts = key.split('.')
+        if parts[0] == 'stem':
+            name = stem[parts[1]]
+            name = model.norm1_name if name == 'bn' else name
+            converted['.'.join([name, *parts[2:]])] = value
+            continue
+        stage, block, role, rest = locate(parts)
+        converted['.'.join([f'layer{stage}', str(block), names[role],
+                            *rest])] = value
+    return converted
+
+
+def _timm_block(parts):
+    role = _TIMM_ROLES['.'.join(parts[2:4])]
+    return parts[0][1:], int(parts[1][1:]) - 1, role, parts[4:]
+
+
 @register_converter('timm', 'RegNet')
 def regnet_from_timm(state_dict, model):
     """timm: ``stem.conv``/``stem.bn``, ``s{i}.b{j}.conv1.conv`` ... ->
@@ -368,27 +395,21 @@ def regnet_from_timm(state_dict, model):
     if 'stem.conv.weight' not in state_dict or \
             not any(k.startswith('s1.b1.') for k in state_dict):
         raise KeyError('not a timm RegNet state dict')
-    names = _block_names(model)
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith(('head.', 'final_conv.')):
-            continue
-        parts = key.split('.')
-        if parts[0] == 'stem':
-            stem = {'conv': 'conv1', 'bn': model.norm1_name}[parts[1]]
-            converted['.'.join([stem, *parts[2:]])] = value
-            continue
-        stage, block = parts[0][1:], int(parts[1][1:]) - 1
-        role = _TIMM_ROLES['.'.join(parts[2:4])]
-        converted['.'.join([f'layer{stage}', str(block), names[role],
-                            *parts[4:]])] = value
-    return converted
+    return _convert(state_dict, model, ('head.', 'final_conv.'),
+                    {'conv': 'conv1', 'bn': 'bn'}, _timm_block)
 
 
 _TV_ROLES = {'f.a.0': 'conv1', 'f.a.1': 'bn1', 'f.b.0': 'conv2',
              'f.b.1': 'bn2', 'f.c.0': 'conv3', 'f.c.1': 'bn3',
              'f.se.fc1': 'se1', 'f.se.fc2': 'se2', 'proj.0': 'proj',
              'proj.1': 'proj_bn'}
+
+
+def _torchvision_block(parts):
+    end = 5 if parts[3] == 'proj' else 6
+    role = _TV_ROLES['.'.join(parts[3:end])]
+    return (parts[1].removeprefix('block'), parts[2].split('-')[1], role,
+            parts[end:])
 
 
 @register_converter('torchvision', 'RegNet')
@@ -400,20 +421,5 @@ def regnet_from_torchvision(state_dict, model):
     if 'stem.0.weight' not in state_dict or \
             not any(k.startswith('trunk_output.') for k in state_dict):
         raise KeyError('not a torchvision RegNet state dict')
-    names = _block_names(model)
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith('fc.'):
-            continue
-        parts = key.split('.')
-        if parts[0] == 'stem':
-            stem = {'0': 'conv1', '1': model.norm1_name}[parts[1]]
-            converted['.'.join([stem, *parts[2:]])] = value
-            continue
-        stage = parts[1].removeprefix('block')
-        block = parts[2].split('-')[1]
-        end = 5 if parts[3] == 'proj' else 6
-        role = _TV_ROLES['.'.join(parts[3:end])]
-        converted['.'.join([f'layer{stage}', block, names[role],
-                            *parts[end:]])] = value
-    return converted
+    return _convert(state_dict, model, ('fc.', ), {'0': 'conv1', '1': 'bn'},
+                    _torchvision_block)

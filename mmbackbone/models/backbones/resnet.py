@@ -313,9 +313,9 @@ class ResNetV1d(ResNet):
     Example:
         >>> import torch
         >>> from mmbackbone.models import ResNetV1d
-        >>> model = ResNetV1d(depth=50).eval()
-        >>> print(tuple(model(torch.rand(1, 3, 64, 64))[0].shape))
-        (1, 2048, 2, 2)
+        >>> model = ResNetV1d(depth=18, out_indices=(0, 3))
+        >>> model.deep_stem, model.avg_down, model.out_strides
+        (True, True, (4, 32))
     """
 
     def __init__(self, **kwargs):
