@@ -13,7 +13,7 @@ from mmbackbone.models import TIMMBackbone
 from mmbackbone.models.backbones.base_backbone import NORM_TYPES
 from helpers import randomize_norm_stats
 
-VIT = dict(model_name='vit_tiny_patch16_224', img_size=64)
+VIT = dict(model_name='vit_tiny_patch16_224', img_size=64, features_only=True)
 
 
 @pytest.fixture(scope='module')
@@ -37,12 +37,14 @@ def vit_file(tmp_path_factory):
 
 def timm_features(path, model_name, **kwargs):
     """timm's own features_only model with the file's weights."""
+    kwargs.pop('features_only', None)
     return timm.create_model(model_name, features_only=True, pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(path)),
                              **kwargs).eval()
 
 
 def ours_from_init_cfg(path, **kwargs):
+    kwargs.setdefault('features_only', True)
     model = build_backbone(dict(type='TIMMBackbone', init_cfg=dict(
         type='Pretrained', checkpoint=str(path)), **kwargs))
     model.init_weights()
@@ -109,6 +111,7 @@ def test_negative_out_indices_keep_the_order_given(resnet18_file):
     path, _ = resnet18_file
     peer = timm_features(path, 'resnet18')
     ours = TIMMBackbone('resnet18', out_indices=[-1, 0, -3],
+                        features_only=True,
                         checkpoint_path=str(path)).eval()
     assert ours.out_indices == (4, 0, 2)
     assert ours.out_channels == (512, 64, 128)
@@ -123,7 +126,7 @@ def test_negative_out_indices_keep_the_order_given(resnet18_file):
 def test_out_of_range_out_indices_name_the_range(bad):
     with pytest.raises(ValueError, match=r'out_indices=.*valid indices are '
                        r'\[-5, 4\]'):
-        TIMMBackbone('resnet18', out_indices=bad)
+        TIMMBackbone('resnet18', out_indices=bad, features_only=True)
 
 
 def frozen_and_trainable(model, frozen_names, trainable_names):
@@ -143,7 +146,7 @@ def frozen_and_trainable(model, frozen_names, trainable_names):
 
 
 def test_frozen_stages_resnet18():
-    model = TIMMBackbone('resnet18', frozen_stages=1)
+    model = TIMMBackbone('resnet18', frozen_stages=1, features_only=True)
     parts = model.stage_parts()
     assert len(parts) == 5
     stem = 'timm_model.'
@@ -174,15 +177,17 @@ def test_frozen_stages_vit():
 
 
 def test_frozen_stages_all_and_range():
-    model = TIMMBackbone('resnet18', frozen_stages='all').train()
+    model = TIMMBackbone('resnet18', frozen_stages='all',
+                         features_only=True).train()
     assert all(not p.requires_grad for p in model.parameters())
     assert all(not m.training for m in model.modules())
     with pytest.raises(ValueError, match=r'frozen_stages=6 is out of range'):
-        TIMMBackbone('resnet18', frozen_stages=6)
+        TIMMBackbone('resnet18', frozen_stages=6, features_only=True)
 
 
 def test_norm_eval_keeps_timm_norms_in_eval():
-    model = TIMMBackbone('resnet18', norm_eval=True).train()
+    model = TIMMBackbone('resnet18', norm_eval=True,
+                         features_only=True).train()
     norms = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
     assert norms and all(not m.training for m in norms)
     assert model.timm_model.layer1.training
@@ -221,11 +226,13 @@ def test_init_cfg_resizes_vit_pos_embed_like_timm(vit_file):
 
 def test_init_cfg_loads_own_and_prefixed_keys(resnet18_file, tmp_path):
     path, _ = resnet18_file
-    source = TIMMBackbone('resnet18', checkpoint_path=str(path))
+    source = TIMMBackbone('resnet18', checkpoint_path=str(path),
+                          features_only=True)
     own = tmp_path / 'own.pth'
     torch.save({'state_dict': {'backbone.' + k: v for k, v in
                                source.state_dict().items()}}, own)
     model = build_backbone(dict(type='TIMMBackbone', model_name='resnet18',
+                                features_only=True,
                                 init_cfg=dict(type='Pretrained',
                                               checkpoint=str(own),
                                               prefix='backbone')))
@@ -255,20 +262,24 @@ def test_checkpoint_path_errors_name_the_file(resnet18_file, tmp_path):
     torch.save(partial, tmp_path / 'partial.pth')
     with pytest.raises(CheckpointError, match=r'(?s)partial\.pth.*layer4'):
         TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
-                                                     'partial.pth'))
+                                                     'partial.pth'),
+                     features_only=True)
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
-                                                     'missing.pth'))
+                                                     'missing.pth'),
+                     features_only=True)
     (tmp_path / 'garbage.pth').write_bytes(b'not a checkpoint at all')
     with pytest.raises(CheckpointError, match='garbage.pth'):
         TIMMBackbone('resnet18', checkpoint_path=str(tmp_path /
-                                                     'garbage.pth'))
+                                                     'garbage.pth'),
+                     features_only=True)
     shapes = dict(raw.state_dict())
     shapes['layer1.0.conv1.weight'] = torch.zeros(8, 64, 3, 3)
     torch.save(shapes, tmp_path / 'shapes.pth')
     with pytest.raises(CheckpointError,
                        match=r'(?s)shapes\.pth.*layer1\.0\.conv1'):
-        TIMMBackbone('resnet18', checkpoint_path=tmp_path / 'shapes.pth')
+        TIMMBackbone('resnet18', checkpoint_path=tmp_path / 'shapes.pth',
+                     features_only=True)
 
 
 @pytest.mark.parametrize('features_only', [True, False])
@@ -321,7 +332,8 @@ def test_timm_load_errors_name_the_file(resnet18_file, tmp_path,
                        match=rf"checkpoint_path='{path}': timm could not "
                              rf"load {path} into 'resnet18': KeyError: "
                              r"'pos_embed'"):
-        TIMMBackbone('resnet18', checkpoint_path=str(path))
+        TIMMBackbone('resnet18', checkpoint_path=str(path),
+                     features_only=True)
 
 
 def test_unknown_model_name_suggests_close_names():
@@ -353,7 +365,7 @@ def test_in_channels_adapts_the_checkpoint(resnet18_file):
 
 def test_pooled_features(resnet18_file, vit_file):
     path, raw = resnet18_file
-    model = TIMMBackbone('resnet18', features_only=False,
+    model = TIMMBackbone('resnet18', features_only=False, pooled=True,
                          checkpoint_path=str(path)).eval()
     assert model.out_channels == (512, ) and model.out_strides == (None, )
     x = torch.rand(2, 3, 64, 64)
@@ -362,21 +374,104 @@ def test_pooled_features(resnet18_file, vit_file):
         ref = raw.forward_head(raw.forward_features(x), pre_logits=True)
     assert_close(out, ref, atol=1e-5, rtol=0)
     # a pre-logits head wider than num_features
-    mobile = TIMMBackbone('mobilenetv3_small_050', features_only=False)
+    mobile = TIMMBackbone('mobilenetv3_small_050', features_only=False,
+                          pooled=True)
     assert mobile.out_channels == (1024, )
     assert mobile.eval()(x)[0].shape == (2, 1024)
     # frozen_stages counts feature levels here too
-    vit = TIMMBackbone(features_only=False, frozen_stages=0,
-                       checkpoint_path=str(vit_file), **VIT).train()
+    vit = TIMMBackbone(frozen_stages=0, checkpoint_path=str(vit_file),
+                       **dict(VIT, features_only=False, pooled=True)).train()
     assert not vit.timm_model.blocks[0].attn.qkv.weight.requires_grad
     assert not vit.timm_model.cls_token.requires_grad
     assert vit.timm_model.blocks[1].training
     assert vit.timm_model.norm.weight.requires_grad
 
 
+def test_default_is_mmpretrains_unpooled_last_map(resnet18_file):
+    """features_only=False by default: the whole model, reset_classifier(0,
+    '') (pooling and classifier are Identity), timm's unpooled last map."""
+    path, raw = resnet18_file
+    model = TIMMBackbone('resnet18', checkpoint_path=str(path)).eval()
+    assert not model.features_only and not model.pooled
+    assert isinstance(model.timm_model.global_pool.pool, torch.nn.Identity)
+    assert isinstance(model.timm_model.fc, torch.nn.Identity)
+    assert model.out_channels == (512, ) and model.out_strides == (32, )
+    assert model.out_indices == (0, ) and model.num_levels == 5
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        (out, ) = model(x)
+    assert out.shape == (2, 512, 2, 2)
+    assert (out - raw.forward_features(x)).abs().max() == 0
+    assert set(model.state_dict()) == {
+        'timm_model.' + k for k in raw.state_dict()
+        if not k.startswith('fc.')}
+
+
+@pytest.mark.parametrize('kwargs,channels,stride,shape', [
+    (dict(model_name='efficientnet_b0'), 1280, 32, (1, 1280, 2, 2)),
+    (dict(model_name='mobilenetv3_small_050'), 1024, 32, (1, 1024, 2, 2)),
+    (dict(model_name='vit_tiny_patch16_224', img_size=64), 192, None,
+     (1, 17, 192)),
+    (dict(model_name='swin_tiny_patch4_window7_224', img_size=64,
+          window_size=2), 768, 32, (1, 768, 2, 2)),
+    (dict(model_name='resnet18', output_stride=16), 512, 16,
+     (1, 512, 4, 4)),
+], ids=['efficientnet', 'mobilenetv3', 'vit-tokens', 'swin-nhwc',
+        'output_stride'])
+def test_unpooled_metadata_is_known_before_forward(kwargs, channels, stride,
+                                                   shape):
+    model = TIMMBackbone(**kwargs).eval()
+    assert model.out_channels == (channels, )
+    assert model.out_strides == (stride, )
+    with torch.no_grad():
+        (out, ) = model(torch.rand(1, 3, 64, 64))
+    assert tuple(out.shape) == shape
+    peer = timm.create_model(**kwargs).eval()
+    peer.load_state_dict(model.timm_model.state_dict(), strict=False)
+    peer.reset_classifier(0, '')
+    with torch.no_grad():
+        x = torch.rand(1, 3, 64, 64)
+        ref = peer(x)
+        if ref.ndim == 4 and ref.shape[-1] == channels != ref.shape[1]:
+            ref = ref.permute(0, 3, 1, 2)  # NHWC maps come back NCHW
+        assert (model(x)[0] - ref).abs().max() == 0
+
+
+def test_pooled_needs_the_whole_model():
+    with pytest.raises(ValueError, match='pooled=True takes the whole '
+                                         'model'):
+        TIMMBackbone('resnet18', features_only=True, pooled=True)
+    with pytest.raises(TypeError, match="pooled='yes' must be True or "
+                                        'False'):
+        TIMMBackbone('resnet18', pooled='yes')
+
+
+@pytest.mark.parametrize('name,layer', [
+    ('BN2d', torch.nn.BatchNorm2d), ('bn2d', torch.nn.BatchNorm2d),
+    ('SyncBN', torch.nn.SyncBatchNorm), ('syncbn', torch.nn.SyncBatchNorm),
+    ('BN', torch.nn.BatchNorm2d), ('batchnorm2d', torch.nn.BatchNorm2d),
+])
+@pytest.mark.parametrize('features_only', [True, False])
+def test_norm_layer_strings_resolve_through_the_registry(name, layer,
+                                                         features_only):
+    """mmpretrain: MODELS.get(norm_layer) wrapped in a builder for timm;
+    timm's own names are left to timm."""
+    model = TIMMBackbone('resnet18', features_only=features_only,
+                         norm_layer=name, output_stride=32)
+    assert isinstance(model.timm_model.bn1, layer)
+    assert isinstance(model.timm_model.layer4[1].bn2, layer)
+
+
+def test_unknown_norm_layer_suggests_close_names():
+    with pytest.raises(KeyError, match=r"norm_layer='SynBN' is neither a "
+                       r"registered norm layer.*Did you mean 'SyncBN'"):
+        TIMMBackbone('resnet18', norm_layer='SynBN')
+
+
 def test_nhwc_outputs_become_nchw():
     model = TIMMBackbone('swin_tiny_patch4_window7_224', img_size=64,
-                         window_size=2, out_indices=(0, -1)).eval()
+                         window_size=2, out_indices=(0, -1),
+                         features_only=True).eval()
     peer = timm.create_model('swin_tiny_patch4_window7_224', img_size=64,
                              window_size=2, features_only=True,
                              out_indices=(0, 3)).eval()
@@ -490,13 +585,15 @@ def test_pretrained_loads_the_cached_file_offline(no_network):
                    'model.safetensors', raw.state_dict())
     x = torch.rand(1, 3, 64, 64)
     pooled = TIMMBackbone('resnet18', pretrained=True,
-                          features_only=False).eval()
+                          features_only=False, pooled=True).eval()
     maps = TIMMBackbone('resnet18.a1_in1k', pretrained=True,
-                        out_indices=(-1, )).eval()
+                        features_only=True, out_indices=(-1, )).eval()
+    unpooled = TIMMBackbone('resnet18.a1_in1k', pretrained=True).eval()
     with torch.no_grad():
         assert_close(pooled(x)[0], raw.forward_head(raw.forward_features(x),
                                                     pre_logits=True))
         assert_close(maps(x)[0], raw.forward_features(x))
+        assert_close(unpooled(x)[0], raw.forward_features(x))
     assert no_network.attempts == []
 
 
@@ -516,7 +613,7 @@ def test_pretrained_url_weights_name_the_torch_cache(no_network):
     target.parent.mkdir(parents=True)
     torch.save(raw.state_dict(), target)
     model = TIMMBackbone('resnet18', pretrained=True, features_only=False,
-                         pretrained_cfg_overlay=overlay).eval()
+                         pooled=True, pretrained_cfg_overlay=overlay).eval()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert_close(model(x)[0], raw.forward_head(raw.forward_features(x),

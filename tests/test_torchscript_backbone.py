@@ -84,7 +84,7 @@ def test_tool_resnet18_config_round_trip(resnet18_jit, capsys):
 
 def test_tool_timm_model_round_trip(timm_jit):
     out, ckpt = timm_jit
-    peer = TIMMBackbone('resnet18', features_only=False,
+    peer = TIMMBackbone('resnet18', features_only=False, pooled=True,
                         checkpoint_path=str(ckpt)).eval()
     model = TorchScriptBackbone(str(out)).eval()
     assert model.out_channels == (512, ) and model.out_strides == (None, )
@@ -97,7 +97,7 @@ def test_tool_timm_model_round_trip(timm_jit):
 
 def test_input_size_resizes_bilinear(timm_jit):
     out, ckpt = timm_jit
-    peer = TIMMBackbone('resnet18', features_only=False,
+    peer = TIMMBackbone('resnet18', features_only=False, pooled=True,
                         checkpoint_path=str(ckpt)).eval()
     model = TorchScriptBackbone(str(out), input_size=(64, 64)).eval()
     x = torch.rand(2, 3, 96, 80)

@@ -404,7 +404,8 @@ def test_trace_and_export(tmp_path):
 
 # -------------------------------------------------------------- errors
 @pytest.mark.parametrize('kwargs,error,match', [
-    (dict(arch='gigantic'), KeyError, r"arch='gigantic'; choose from"),
+    (dict(arch='gigantic'), KeyError,
+     r"arch='gigantic' not in default archs; choose from"),
     (dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2)), KeyError,
      r"missing keys \['feedforward_channels'\]"),
     (dict(arch=dict(MINI, depth=3)), KeyError, r"unknown keys \['depth'\]"),
@@ -415,11 +416,14 @@ def test_trace_and_export(tmp_path):
     (dict(arch=MINI, out_type='tokens'), ValueError,
      r"out_type='tokens'; choose from"),
     (dict(arch=MINI, with_cls_token=False), ValueError,
-     r'with_cls_token=False leaves no class token'),
+     r'with_cls_token must be True .*with_cls_token=False leaves no class '
+     r'token'),
     (dict(arch=MINI, output_cls_token=True, out_type='raw'), ValueError,
      r"conflicts with out_type='raw'"),
-    (dict(arch=MINI, img_size=30, patch_size=8), ValueError,
-     r'img_size size \(30, 30\) does not tile into patches'),
+    (dict(arch=MINI, img_size=30, patch_size=8, patch_cfg=dict(padding=0)),
+     ValueError, r'img_size size \(30, 30\) does not tile into patches'),
+    (dict(arch=MINI, patch_cfg=dict(padding='valid')), ValueError,
+     r"patch_cfg\['padding'\]='valid'; choose from \['corner', 'same'\]"),
     (dict(arch=MINI, out_indices=(4, )), ValueError,
      r'out_indices=\(4,\) holds 4, out of range'),
     (dict(arch=MINI, layer_cfgs=dict(heads=2)), KeyError,
@@ -442,11 +446,47 @@ def test_config_errors(kwargs, error, match):
         vit(**kwargs)
 
 
-def test_input_not_multiple_of_patch():
-    model = vit(arch=MINI, img_size=32, patch_size=8).eval()
+def test_input_not_multiple_of_patch_refused_with_int_padding():
+    model = vit(arch=MINI, img_size=32, patch_size=8,
+                patch_cfg=dict(padding=0)).eval()
     with pytest.raises(ValueError, match=r'input size \(32, 30\) does not '
                        r'tile into patches.*multiple of the patch size 8'):
         model(torch.randn(1, 3, 32, 30))
+
+
+@pytest.mark.parametrize('img_size,patch_cfg', [
+    (32, None), (30, None), (30, dict(padding='corner')),
+    (32, dict(padding='same')), (32, dict(kernel_size=12, stride=8)),
+], ids=['default', 'img_size-30', 'corner', 'same', 'overlapping'])
+def test_input_not_multiple_of_patch_padded_as_mmpretrain(img_size,
+                                                          patch_cfg):
+    """mmpretrain pads each side up to a multiple of the patch (mmcv's
+    ``AdaptivePadding``, ``padding='corner'`` by default), at init for
+    ``img_size`` and at forward for the input."""
+    kwargs = dict(arch=dict(MINI), img_size=img_size, patch_size=8,
+                  out_type='featmap', out_indices=[1, 3])
+    if patch_cfg is not None:
+        kwargs['patch_cfg'] = patch_cfg
+    ref = MMPVisionTransformer(**kwargs)
+    ref.init_weights()
+    randomize(ref).eval()
+    model = vit(**kwargs)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    assert model.patch_resolution == ref.patch_resolution
+    for size in ((32, 30), (33, 47), (256 // 4, 309 // 4)):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            for mine, theirs in zip(model.eval()(x), ref(x), strict=True):
+                assert mine.shape == theirs.shape
+                assert (mine - theirs).abs().max() == 0
+
+
+def test_mmpretrain_padded_input_shape():
+    """mmpretrain's own example: 256x309 with patch 16 -> a 16x20 grid."""
+    with torch.device('meta'):
+        model = vit(arch='b', out_type='featmap')
+        (out, ) = model(torch.empty(1, 3, 256, 309))
+    assert tuple(out.shape) == (1, 768, 16, 20)
 
 
 def test_layer_depth_matches_mmpretrain():

@@ -131,7 +131,7 @@ def build_source(source: str, checkpoint: Optional[str] = None,
                 f'type ({", ".join(names)}) nor a timm model name.'
                 f'{closest(source, names + timm.list_models())}')
         cfg = dict(type='TIMMBackbone', model_name=source,
-                   features_only=feature_maps,
+                   features_only=feature_maps, pooled=not feature_maps,
                    checkpoint_path=checkpoint or '')
         what = f'timm model {source}'
     model = build_backbone(cfg)

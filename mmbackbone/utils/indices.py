@@ -36,7 +36,8 @@ def normalize_out_indices(out_indices: IndexSpec, num_stages: int,
     if not isinstance(out_indices, Sequence) or isinstance(out_indices, str):
         raise TypeError(f'{name}={out_indices!r} must be an int or a '
                         f'tuple/list of ints in [{-num_stages}, '
-                        f'{num_stages - 1}]')
+                        f'{num_stages - 1}]; get {type(out_indices)} '
+                        f'instead')
     if len(out_indices) == 0:
         raise ValueError(f'{name}={out_indices!r} is empty; give at least '
                          f'one index in [{-num_stages}, {num_stages - 1}]')
@@ -48,6 +49,7 @@ def normalize_out_indices(out_indices: IndexSpec, num_stages: int,
                             f'are ints in [{-num_stages}, {num_stages - 1}]')
         if not -num_stages <= index < num_stages:
             raise ValueError(
+                f'Invalid out_indices {index}: '
                 f'{name}={tuple(out_indices)!r} holds {index}, out of range '
                 f'for {num_stages} stages; valid indices are '
                 f'[{-num_stages}, {num_stages - 1}]')

@@ -26,7 +26,7 @@ from ..layers import (check_layer_cfgs, check_positive_ints, check_rate,
 # the blocks keep their mmpretrain home: importable from this module
 from ..layers.csp_layer import (BLOCKS, STEMS, CSPArch, CSPStage,  # noqa
                                 DarknetBottleneck, ResNetBottleneck,
-                                ResNeXtBottleneck, _is_seq, build_stem,
+                                ResNeXtBottleneck, build_stem,
                                 stem_stride)
 from .base_backbone import (BaseBackbone, FreezablePart, StageInfo,
                             bind_arguments)
@@ -88,20 +88,6 @@ def make_arch(arch: Union[str, Mapping, CSPArch],
                         f'{sorted(CSP_ARCHS)} or a dict of the fields '
                         f'{CSPArch.field_names()}')
     return CSPArch.from_dict(arch, base=base, custom_stem=custom_stem)
-
-
-def _check_out_indices(out_indices, num_stages: int) -> None:
-    """:func:`normalize_out_indices`, with mmpretrain's phrases in the
-    message (``get <class 'dict'>``, ``Invalid out_indices 13``)."""
-    try:
-        normalize_out_indices(out_indices, num_stages)
-    except TypeError as err:
-        raise TypeError(f'{err}; get {type(out_indices)} instead') from None
-    except ValueError as err:
-        given = out_indices if _is_seq(out_indices) else (out_indices, )
-        bad = [i for i in given if not -num_stages <= i < num_stages]
-        raise ValueError(f'Invalid out_indices {bad[0]}: {err}' if bad
-                         else str(err)) from None
 
 
 def _check_frozen_stages(frozen_stages, num_stages: int) -> None:
@@ -203,7 +189,7 @@ class CSPNet(BaseBackbone):
             raise ValueError(f'deep_stem=True needs the resnet stem; this '
                              f'arch has stem={spec.stem!r}' +
                              (' and a stem_fn' if stem_fn else ''))
-        _check_out_indices(out_indices, spec.num_stages)
+        normalize_out_indices(out_indices, spec.num_stages)
         _check_frozen_stages(frozen_stages, spec.num_stages)
         # validate the layer configs once, with errors naming the argument
         check_layer_cfgs(norm_cfg=norm_cfg, act_cfg=act_cfg,

@@ -80,8 +80,9 @@ def parse_arch(arch) -> ViTArch:
     """An arch name (case-insensitive) or a dict -> a validated row."""
     if isinstance(arch, str):
         if arch.lower() not in VIT_ARCHS:
-            raise KeyError(f'arch={arch!r}; choose from {sorted(VIT_ARCHS)} '
-                           f'or give a dict with keys {list(_REQUIRED)}')
+            raise KeyError(f'arch={arch!r} not in default archs; choose '
+                           f'from {sorted(VIT_ARCHS)} or give a dict with '
+                           f'keys {list(_REQUIRED)}')
         return VIT_ARCHS[arch.lower()]
     if not isinstance(arch, dict):
         raise TypeError(f'arch={arch!r} must be an arch name or a dict with '
@@ -90,9 +91,10 @@ def parse_arch(arch) -> ViTArch:
     missing = [k for k in _REQUIRED if k not in arch]
     unknown = [k for k in arch if k not in valid]
     if missing or unknown:
-        raise KeyError(f'arch={arch!r}: missing keys {missing}, unknown keys '
-                       f'{unknown}; a dict arch needs {list(_REQUIRED)} and '
-                       f'may set ffn_type, layer_scale_init_value')
+        raise KeyError(f'Custom arch needs a dict with keys '
+                       f'{list(_REQUIRED)} (and may set ffn_type, '
+                       f'layer_scale_init_value); arch={arch!r}: missing '
+                       f'keys {missing}, unknown keys {unknown}')
     for key in _REQUIRED:
         value = arch[key]
         if isinstance(value, bool) or not isinstance(value, int) \
@@ -136,8 +138,11 @@ class VisionTransformer(BaseBackbone):
             DINOv2 weights use ``patch_size=14`` and ``img_size=518``.
             Default: ``'base'``.
         img_size (int | tuple): the size the position embedding is made
-            for (any input whose sides are multiples of the patch size
-            works). Default: 224.
+            for; other input sizes work (the embedding is resized), and
+            sides that are not multiples of the patch size are padded at
+            the bottom/right (mmcv's ``padding='corner'``, as mmpretrain;
+            ``patch_cfg=dict(padding=0)`` refuses them instead).
+            Default: 224.
         patch_size (int | tuple): patch size. Default: 16.
         in_channels (int): input channels. Default: 3.
         out_indices (int | Sequence[int]): layers to output; negative
@@ -159,7 +164,8 @@ class VisionTransformer(BaseBackbone):
         layer_scale_init_value (float, optional): layer scale init; None
             takes the arch's (0, i.e. none, except DINOv2).
         patch_cfg (dict): overrides of the patch embedding (kernel_size,
-            stride, padding, dilation, bias, norm_cfg).
+            stride, padding (``'corner'``, ``'same'`` or an int), dilation,
+            bias, norm_cfg).
         layer_cfgs (dict | Sequence[dict]): overrides of every (or each)
             encoder layer, e.g. ``dict(ffn_type='swiglu_fused')``.
         pre_norm (bool): norm the tokens before the layers (CLIP); also
@@ -179,10 +185,10 @@ class VisionTransformer(BaseBackbone):
         >>> model = VisionTransformer(arch='deit-tiny', img_size=64,
         ...                           out_type='featmap',
         ...                           out_indices=(5, -1)).eval()
-        >>> for out in model(torch.rand(1, 3, 64, 96)):
+        >>> for out in model(torch.rand(1, 3, 64, 100)):
         ...     print(tuple(out.shape))
-        (1, 192, 4, 6)
-        (1, 192, 4, 6)
+        (1, 192, 4, 7)
+        (1, 192, 4, 7)
         >>> model.out_channels, model.out_strides
         ((192, 192), (16, 16))
     """
@@ -239,6 +245,7 @@ class VisionTransformer(BaseBackbone):
         if not with_cls_token and (out_type == 'cls_token'
                                    or output_cls_token):
             raise ValueError(
+                f'with_cls_token must be True to output the class token: '
                 f'with_cls_token=False leaves no class token to output; use '
                 f"out_type='featmap', 'avg_featmap' or 'raw' (got "
                 f'out_type={out_type!r}, output_cls_token='

@@ -13,6 +13,7 @@ Example:
     >>> tuple(tokens.shape), grid
     ((1, 6, 32), (2, 3))
 """
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import to_pair
-from .drop import drop_path_or_identity
+from .drop import drop_path_module
 from .factory import act_layer, conv_layer, norm_layer
 
 IntPair = Union[int, Tuple[int, int]]
@@ -38,21 +39,51 @@ PATCH_CFG_KEYS = ('kernel_size', 'stride', 'padding', 'dilation', 'bias',
                   'in_channels', 'embed_dims')
 
 
+#: ``padding`` modes of :class:`PatchEmbed` that pad adaptively (mmcv's
+#: ``AdaptivePadding``): zeros at the bottom/right, or split around.
+ADAPTIVE_PADDINGS = ('corner', 'same')
+
+
 class PatchEmbed(nn.Module):
-    """Image to patch tokens: a strided conv (``projection``), then an
-    optional norm. Inputs that would leave pixels unused are refused."""
+    """Image to patch tokens: optional adaptive padding, a strided conv
+    (``projection``), then an optional norm.
+
+    ``padding='corner'`` (the default, as mmcv's ``PatchEmbed`` that
+    mmpretrain uses) pads the bottom and right of an input whose sides are
+    not multiples of the stride up to the next multiple, so no pixel is
+    dropped; ``'same'`` splits that padding around the input. An int
+    padding is the conv's own; then inputs that would leave pixels unused
+    are refused.
+
+    Example:
+        >>> import torch
+        >>> embed = PatchEmbed(3, 8, kernel_size=16, stride=16)
+        >>> tokens, grid = embed(torch.rand(1, 3, 256, 309))
+        >>> tuple(tokens.shape), grid
+        ((1, 320, 8), (16, 20))
+    """
 
     def __init__(self, in_channels: int, embed_dims: int,
                  kernel_size: IntPair, stride: IntPair,
-                 padding: IntPair = 0, dilation: IntPair = 1,
-                 bias: bool = True, norm_cfg: Optional[dict] = None,
+                 padding: Union[IntPair, str] = 'corner',
+                 dilation: IntPair = 1, bias: bool = True,
+                 norm_cfg: Optional[dict] = None,
                  conv_cfg: Optional[dict] = None):
         super().__init__()
         self.kernel_size = to_pair(kernel_size, 'patch_cfg.kernel_size')
         self.stride = to_pair(stride, 'patch_cfg.stride')
+        self.dilation = to_pair(dilation, 'patch_cfg.dilation')
+        if isinstance(padding, str):
+            if padding not in ADAPTIVE_PADDINGS:
+                raise ValueError(f'patch_cfg.padding={padding!r}; choose '
+                                 f'from {list(ADAPTIVE_PADDINGS)} or give '
+                                 f'an int or a pair of ints')
+            self.adaptive_padding: Optional[str] = padding
+            padding = 0
+        else:
+            self.adaptive_padding = None
         self.padding = ((padding, padding) if isinstance(padding, int)
                         else tuple(padding))
-        self.dilation = to_pair(dilation, 'patch_cfg.dilation')
         self.projection = conv_layer(conv_cfg, in_channels, embed_dims,
                                      self.kernel_size, stride=self.stride,
                                      padding=self.padding,
@@ -61,25 +92,48 @@ class PatchEmbed(nn.Module):
                                 arg='patch_cfg.norm_cfg')[1]
                      if norm_cfg is not None else None)
 
+    def pad_size(self, size: Sequence[int]) -> Tuple[int, int]:
+        """Rows and columns the adaptive padding adds to an ``(H, W)``
+        image (mmcv's ``AdaptivePadding.get_pad_shape``); ``(0, 0)``
+        without adaptive padding."""
+        if self.adaptive_padding is None:
+            return 0, 0
+        pads = []
+        for side, k, s, d in zip(size, self.kernel_size, self.stride,
+                                 self.dilation):
+            pads.append(max((math.ceil(side / s) - 1) * s + (k - 1) * d
+                            + 1 - side, 0))
+        return pads[0], pads[1]
+
     def out_size(self, size: Sequence[int], name: str = 'input'
                  ) -> Tuple[int, int]:
-        """Token grid of an ``(H, W)`` image; ValueError if it leaves
-        pixels over (H, W not multiples of the patch size)."""
+        """Token grid of an ``(H, W)`` image; ValueError, with an int
+        padding, if it leaves pixels over."""
         grid = []
-        for side, k, s, p, d in zip(size, self.kernel_size, self.stride,
-                                    self.padding, self.dilation):
-            span = int(side) + 2 * p - d * (k - 1) - 1
+        for side, pad, k, s, p, d in zip(size, self.pad_size(size),
+                                         self.kernel_size, self.stride,
+                                         self.padding, self.dilation):
+            span = int(side) + pad + 2 * p - d * (k - 1) - 1
             if span < 0 or span % s:
                 raise ValueError(
                     f'{name} size {tuple(int(v) for v in size)} does not '
                     f'tile into patches: each side must be a multiple of '
                     f'the patch size {s} (patch kernel {k}, stride {s}, '
-                    f'padding {p}); resize or pad the image')
+                    f"padding {p}); resize or pad the image, or use "
+                    f"patch_cfg=dict(padding='corner') to pad it")
             grid.append(span // s + 1)
         return grid[0], grid[1]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        self.out_size(x.shape[-2:])
+        if self.adaptive_padding is None:
+            self.out_size(x.shape[-2:])
+        else:
+            pad_h, pad_w = self.pad_size(x.shape[-2:])
+            if pad_h or pad_w:
+                x = F.pad(x, [0, pad_w, 0, pad_h]
+                          if self.adaptive_padding == 'corner' else
+                          [pad_w // 2, pad_w - pad_w // 2, pad_h // 2,
+                           pad_h - pad_h // 2])
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
@@ -111,7 +165,9 @@ def layer_scale(dims: int, init_value: float) -> nn.Module:
 
 class MultiheadAttention(nn.Module):
     """Self-attention with a fused ``qkv`` projection; the output passes
-    ``proj``, dropout, the optional layer scale ``gamma1`` and drop path."""
+    ``proj``, dropout, the optional layer scale ``gamma1`` and drop path
+    (``out_drop``: mmcv's ``DropPath``, with ``drop_prob``, at every rate
+    as in mmpretrain)."""
 
     def __init__(self, embed_dims: int, num_heads: int,
                  attn_drop: float = 0., proj_drop: float = 0.,
@@ -125,7 +181,7 @@ class MultiheadAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
         self.gamma1 = layer_scale(embed_dims, layer_scale_init_value)
-        self.out_drop = drop_path_or_identity(drop_path_rate)
+        self.out_drop = drop_path_module(drop_path_rate)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -141,7 +197,9 @@ class MultiheadAttention(nn.Module):
 
 class FFN(nn.Module):
     """``num_fcs`` linear layers with an activation; keys ``layers.0.0``
-    (first linear), ``layers.1`` (last linear), ``gamma2`` (layer scale)."""
+    (first linear), ``layers.1`` (last linear), ``gamma2`` (layer scale);
+    drop path ``dropout_layer`` (``drop_prob``), attributes
+    ``embed_dims``, ``feedforward_channels``, ``num_fcs`` as mmcv's."""
 
     def __init__(self, embed_dims: int, feedforward_channels: int,
                  num_fcs: int = 2, act_cfg: dict = dict(type='GELU'),
@@ -151,6 +209,9 @@ class FFN(nn.Module):
         if isinstance(num_fcs, bool) or not isinstance(num_fcs, int) \
                 or num_fcs < 2:
             raise ValueError(f'num_fcs={num_fcs!r} must be an int >= 2')
+        self.embed_dims = embed_dims
+        self.feedforward_channels = feedforward_channels
+        self.num_fcs = num_fcs
         layers: List[nn.Module] = []
         channels = embed_dims
         for _ in range(num_fcs - 1):
@@ -162,7 +223,7 @@ class FFN(nn.Module):
         layers += [nn.Linear(channels, embed_dims), nn.Dropout(ffn_drop)]
         self.layers = nn.Sequential(*layers)
         self.gamma2 = layer_scale(embed_dims, layer_scale_init_value)
-        self.dropout_layer = drop_path_or_identity(drop_path_rate)
+        self.dropout_layer = drop_path_module(drop_path_rate)
 
     def forward(self, x: Tensor, identity: Tensor) -> Tensor:
         return identity + self.dropout_layer(self.gamma2(self.layers(x)))
@@ -180,11 +241,13 @@ class SwiGLUFFN(nn.Module):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 0.):
         super().__init__()
+        self.embed_dims = embed_dims
+        self.feedforward_channels = feedforward_channels
         hidden = (int(feedforward_channels * 2 / 3) + 7) // 8 * 8
         self.w12 = nn.Linear(embed_dims, 2 * hidden)
         self.w3 = nn.Linear(hidden, embed_dims)
         self.gamma2 = layer_scale(embed_dims, layer_scale_init_value)
-        self.dropout_layer = drop_path_or_identity(drop_path_rate)
+        self.dropout_layer = drop_path_module(drop_path_rate)
 
     def forward(self, x: Tensor, identity: Tensor) -> Tensor:
         x1, x2 = self.w12(x).chunk(2, dim=-1)
@@ -284,11 +347,12 @@ def patch_embed_kwargs(patch_cfg: Optional[dict], patch_size: IntPair,
                        in_channels: int, embed_dims: int,
                        bias: bool = True) -> dict:
     """:class:`PatchEmbed` arguments from mmpretrain's ``patch_cfg``
-    overrides (mmcv's ``conv_type``, ``padding='corner'``, the redundant
+    overrides (mmcv's ``conv_type``, ``padding`` ``'corner'`` (the
+    default) / ``'same'`` / an int, the redundant
     ``in_channels`` / ``embed_dims`` / ``input_size``).
 
     Example:
-        >>> patch_embed_kwargs(dict(padding='corner'), 16, 3, 192)
+        >>> patch_embed_kwargs(dict(padding=0), 16, 3, 192)
         {'kernel_size': 16, 'stride': 16, 'bias': True, 'conv_cfg': None, \
 'padding': 0}
     """
@@ -309,12 +373,13 @@ def patch_embed_kwargs(patch_cfg: Optional[dict], patch_size: IntPair,
     conv_cfg = patch_cfg.pop('conv_cfg', None)
     if conv_cfg is None and conv_type != 'Conv2d':
         conv_cfg = dict(type=conv_type)
-    if patch_cfg.get('padding') == 'corner':  # mmcv's default: no-op
-        patch_cfg['padding'] = 0            # on inputs we accept
     kwargs = dict(kernel_size=patch_size, stride=patch_size, bias=bias,
                   conv_cfg=conv_cfg)
     kwargs.update(patch_cfg)
-    if not isinstance(kwargs.get('padding', 0), (int, tuple, list)):
-        raise ValueError(f"patch_cfg['padding']={kwargs['padding']!r} "
-                         f'must be an int or a pair of ints')
+    padding = kwargs.get('padding', 'corner')
+    if padding not in ADAPTIVE_PADDINGS and \
+            not isinstance(padding, (int, tuple, list)):
+        raise ValueError(f"patch_cfg['padding']={padding!r}; choose from "
+                         f'{list(ADAPTIVE_PADDINGS)} or give an int or a '
+                         f'pair of ints')
     return kwargs
