@@ -3,6 +3,7 @@ import json
 import pickle
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,11 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, capsys):
     saved_epoch = 1
     assert (killed / saved).is_file()
     assert not (killed / 'epoch_2.pth').exists()
+    # mmengine names a run's log dir by its start time in whole seconds:
+    # the resumed run must start in a later second than the killed one, or
+    # both would share (and append to) one log dir
+    killed_dirs = {d.name for d in killed.iterdir() if d.is_dir()}
+    time.sleep(1.1)
 
     # the killed run used one thread (subprocess_env); so do these, so
     # that all three runs sum floats in the same order
@@ -228,7 +234,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, capsys):
     # the resumed run's own log dir (timestamped names of two runs in one
     # second, or of another test's run in this process, cannot mix them)
     run_dir = Path(resumed.log_dir)
-    assert run_dir.parent == killed
+    assert run_dir.parent == killed and run_dir.name not in killed_dirs
     log = next(run_dir.glob('*.log')).read_text()
     assert f'resumed epoch: {saved_epoch}' in log
     # the resumed run trained the remaining epochs only
