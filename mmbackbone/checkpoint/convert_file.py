@@ -14,27 +14,16 @@ Example:
     >>> len(state) == len(model.state_dict()), report['prefix']
     (True, 'backbone.')
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
 from mmbackbone.checkpoint.convert import best_conversion, fit_score
 from mmbackbone.checkpoint.io import CheckpointError, read_state_dict
-from mmbackbone.checkpoint.loader import fit_state_dict, strip_prefix
+from mmbackbone.checkpoint.loader import (abbreviate_keys, fit_state_dict,
+                                         strip_prefix)
 
 StateDict = Dict[str, Any]
-
-
-def abbreviate_keys(keys: Sequence[str], limit: int = 6) -> str:
-    """The first ``limit`` keys, comma-separated, and how many more.
-
-    Example:
-        >>> abbreviate_keys(['a', 'b', 'c'], limit=2)
-        'a, b, ... (+1)'
-    """
-    keys = list(keys)
-    more = f', ... (+{len(keys) - limit})' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
 
 
 def convert_checkpoint(src: str, model: nn.Module,
@@ -96,7 +85,7 @@ def convert_checkpoint(src: str, model: nn.Module,
         raise CheckpointError(
             f'checkpoint {src}: {len(missing)} tensors of '
             f'{type(model).__name__} are missing from the file: '
-            f'{abbreviate_keys(missing)}; pass --allow-missing to write it '
+            f'{abbreviate_keys(missing, limit=6)}; pass --allow-missing to write it '
             f'anyway')
     report = dict(source=load_report.source, prefix=used_prefix,
                   adapted=load_report.adapted,

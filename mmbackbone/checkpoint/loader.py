@@ -2,7 +2,7 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -31,17 +31,23 @@ class LoadReport:
         if self.adapted:
             text += f'; adapted: {self.adapted}'
         if self.missing:
-            text += f'; {len(self.missing)} missing: {_short(self.missing)}'
+            text += f'; {len(self.missing)} missing: {abbreviate_keys(self.missing)}'
         if self.unexpected:
             text += (f'; {len(self.unexpected)} unexpected: '
-                     f'{_short(self.unexpected)}')
+                     f'{abbreviate_keys(self.unexpected)}')
         return text
 
 
-def _short(keys: List[str], limit: int = 8) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... (+{len(keys) - limit})' if len(keys) > limit
-                    else '')
+def abbreviate_keys(keys: Sequence[str], limit: int = 8) -> str:
+    """The first ``limit`` keys, comma-separated, and how many more.
+
+    Example:
+        >>> abbreviate_keys(['a', 'b', 'c'], limit=2)
+        'a, b, ... (+1)'
+    """
+    keys = list(keys)
+    more = f', ... (+{len(keys) - limit})' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
 
 
 def _top_prefixes(state_dict: StateDict) -> List[str]:

@@ -27,8 +27,8 @@ from typing import Dict, List
 import torch
 from safetensors.torch import save_file
 
-from mmbackbone.checkpoint.convert_file import (abbreviate_keys,
-                                                convert_checkpoint)
+from mmbackbone.checkpoint.convert_file import convert_checkpoint
+from mmbackbone.checkpoint.loader import abbreviate_keys
 
 from .args import parse_constructor_args
 from .backbone import (add_config_options, backbone_from_config, build,
@@ -124,10 +124,10 @@ def _print_summary(src: str, dst: Path, target: str, written: int,
         print(f'  adapted: {"; ".join(report["adapted"])}')
     if report['dropped']:
         print(f'  dropped {len(report["dropped"])} keys the model does not '
-              f'have: {abbreviate_keys(report["dropped"])}')
+              f'have: {abbreviate_keys(report["dropped"], limit=6)}')
     elif report['dropped'] is None:
         print(f'  {report["src_keys"] - written} of the file\'s '
               f'{report["src_keys"]} tensors were not written')
     if report['missing']:
         print(f'  missing {len(report["missing"])} model keys: '
-              f'{abbreviate_keys(report["missing"])}')
+              f'{abbreviate_keys(report["missing"], limit=6)}')
