@@ -4,6 +4,8 @@ Example:
     >>> import torch, tempfile, os
     >>> from mmbackbone import build_backbone
     >>> from mmbackbone.checkpoint import load_pretrained
+    >>> from mmengine.logging import MMLogger  # the summary line is INFO:
+    >>> _ = MMLogger.get_instance('example', log_level='WARNING')  # quiet
     >>> src = build_backbone(dict(type='ResNet', depth=18))
     >>> path = os.path.join(tempfile.mkdtemp(), 'r18.pth')
     >>> torch.save({'state_dict': {'backbone.' + k: v for k, v in
