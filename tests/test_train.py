@@ -269,13 +269,16 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert output.count('Final validation accuracy (top-1)') == 1
-    log = next(work_dir.glob('*/*.log')).read_text()
-    assert 'Distributed training: True' in log
-    assert "backend': 'gloo'" in log or 'gloo' in log
+    assert output.count('Final validation accuracy (top-1)') == 1, \
+        output[-4000:]
+    logs = sorted(work_dir.glob('*/*.log'))
+    assert len(logs) == 1, (logs, output[-4000:])
+    log = logs[0].read_text()
+    assert 'Distributed training: True' in log, log[-4000:]
+    assert "backend': 'gloo'" in log or 'gloo' in log, log[-4000:]
     # 64 images, batch 16 per process, 2 processes: 2 iterations per epoch
-    assert re.search(r'Epoch\(train\) +\[1\]\[2/2\]', log)
-    assert (work_dir / 'epoch_1.pth').is_file()
+    assert re.search(r'Epoch\(train\) +\[1\]\[2/2\]', log), log[-4000:]
+    assert (work_dir / 'epoch_1.pth').is_file(), sorted(work_dir.iterdir())
     assert not list(work_dir.glob('*.part'))
 
 
