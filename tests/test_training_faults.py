@@ -15,6 +15,7 @@ schedule (16 training images, batch 8, a ResNet-18 with 8 base channels):
   ``!!python/object/apply`` tag, and a resume checkpoint whose unpickling
   would run code all fail with a clear error and leave no marker file.
 """
+import json
 import os
 import os.path as osp
 import subprocess
@@ -130,6 +131,26 @@ def test_killed_during_checkpoint_write_loses_nothing_and_resumes(tmp_path):
                       weights_only=False)['meta']['epoch'] == 2
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(
         work_dir / 'epoch_2.pth')
+
+
+def test_two_runs_in_one_second_keep_their_own_logs(tmp_path, monkeypatch):
+    """mmengine shares a visualizer/message hub between same-second runs."""
+    import time
+    frozen = time.time()
+    monkeypatch.setattr(time, 'time', lambda: frozen)
+    first = train(tmp_path / 'a')
+    second = train(tmp_path / 'b')
+    monkeypatch.undo()
+    assert first.timestamp != second.timestamp
+    assert first.visualizer is not second.visualizer
+    assert first.message_hub is not second.message_hub
+    for runner, work_dir in ((first, tmp_path / 'a'), (second, tmp_path / 'b')):
+        assert Path(runner.log_dir).parent == work_dir
+        scalars = Path(runner.log_dir) / 'vis_data' / 'scalars.json'
+        epochs = [json.loads(line).get('epoch')
+                  for line in scalars.read_text().splitlines()]
+        # 2 epochs x 2 iterations of this run only, plus 2 validations
+        assert sorted(e for e in epochs if e) == [1, 1, 2, 2], epochs
 
 
 def test_failed_save_in_process_leaves_previous_checkpoint(tmp_path,

@@ -45,6 +45,10 @@ def _unwrap(model):
     return model.module if is_model_wrapper(model) else model
 
 
+#: run timestamps this process has used (see SafeLoadRunner.setup_env)
+_TIMESTAMPS_USED = set()
+
+
 def _valid_meta(meta: Any) -> bool:
     return isinstance(meta, Mapping) and all(
         isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
@@ -69,6 +73,24 @@ class SafeLoadRunner(Runner):
     itself never writes that key (it writes ``meta['cfg']``), so only a
     crafted file has it.
     """
+
+    def setup_env(self, env_cfg: dict) -> None:
+        """mmengine's ``setup_env``, with a timestamp unique in the process.
+
+        mmengine names a run's log dir, logger, message hub and visualizer
+        by its start time in whole seconds, and returns the *existing*
+        instance of that name: two runs started in one second in one
+        process (a notebook, a resumed run followed by another) would
+        write to the first one's log and share its scalar history. A
+        repeated timestamp gets a ``_2``, ``_3``... suffix (every rank
+        runs the same sequence of runners, so the ranks agree).
+        """
+        super().setup_env(env_cfg)
+        stamp, count = self._timestamp, 1
+        while self._timestamp in _TIMESTAMPS_USED:
+            count += 1
+            self._timestamp = f'{stamp}_{count}'
+        _TIMESTAMPS_USED.add(self._timestamp)
 
     def load_checkpoint(self, filename: str, map_location: Any = 'cpu',
                         strict: bool = True,
