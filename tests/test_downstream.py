@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_downstream import (STANDIN_MESSAGE, install_mmcv_ext_standin,
-                                save_backbone_checkpoint)
+from helpers_downstream import install_mmcv_ops, save_backbone_checkpoint
 
-install_mmcv_ext_standin()  # before anything imports mmcv.ops
+install_mmcv_ops()  # before anything imports mmcv.ops
 
 import mmdet.models  # noqa: E402,F401
 import mmseg.models  # noqa: E402,F401
@@ -102,13 +101,18 @@ def test_retinanet_with_our_backbone_trains_a_step(name, tmp_path):
     log_vars = _step(model, data)
     assert {'loss_cls', 'loss_bbox'} <= set(log_vars)
     assert log_vars['loss_cls'] > 0
-    # inference ends in NMS, a compiled op: full mmcv only (score_thr 0
-    # keeps the random model's low scores, so NMS has boxes to process)
+    # inference ends in NMS, which mmbackbone.mmcv_ops provides (score_thr
+    # 0 keeps the random model's low scores, so NMS has boxes to process)
     model.bbox_head.test_cfg.score_thr = 0.0
     model.eval()
-    with torch.no_grad(), pytest.raises(RuntimeError,
-                                        match=STANDIN_MESSAGE):
-        model.test_step(data)
+    with torch.no_grad():
+        preds = model.test_step(data)
+    pred = preds[0].pred_instances
+    max_per_img = model.bbox_head.test_cfg.max_per_img
+    assert 0 < len(pred.bboxes) <= max_per_img
+    assert pred.bboxes.shape[1] == 4 and torch.isfinite(pred.bboxes).all()
+    assert (pred.scores[:-1] >= pred.scores[1:]).all()  # sorted by NMS
+    assert int(pred.labels.max()) < cfg.model.bbox_head.num_classes
 
 
 def test_upernet_with_regnet_trains_a_step(tmp_path):
@@ -149,16 +153,16 @@ def test_upernet_with_regnet_trains_a_step(tmp_path):
     assert int(preds[0].pred_sem_seg.data.max()) < 150
 
 
-def test_compiled_ops_fail_loudly_on_mmcv_lite():
+def test_unprovided_compiled_op_fails_loudly_naming_op_and_model():
     import mmcv.ops
-    module = install_mmcv_ext_standin()
-    if not getattr(module, '__mmbackbone_standin__', False):
+    module = install_mmcv_ops()
+    if not getattr(module, '__mmbackbone_mmcv_ops__', False):
         pytest.fail('a compiled mmcv._ext is installed: this check is for '
                     'mmcv-lite')
-    boxes, scores = torch.rand(3, 4), torch.rand(3)
-    boxes[:, 2:] += 1
-    with pytest.raises(RuntimeError, match=STANDIN_MESSAGE):
-        mmcv.ops.nms(boxes, scores, 0.5)
+    psa = mmcv.ops.PSAMask('collect', (3, 3))
+    with pytest.raises(NotImplementedError,
+                       match=r'psamask_forward.*PSANet'):
+        psa(torch.rand(1, 9, 4, 4))
     # mmengine (e.g. the Runner's SyncBN check) still sees no full mmcv
     from mmengine.utils.dl_utils import mmcv_full_available
     assert not mmcv_full_available()
