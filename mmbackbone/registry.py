@@ -30,7 +30,8 @@ DATA_SAMPLERS = _child('data sampler', root.DATA_SAMPLERS)
 OPTIMIZERS = _child('optimizer', root.OPTIMIZERS)
 OPTIM_WRAPPERS = _child('optim_wrapper', root.OPTIM_WRAPPERS)
 OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
-                                    root.OPTIM_WRAPPER_CONSTRUCTORS)
+                                    root.OPTIM_WRAPPER_CONSTRUCTORS,
+                                    'mmbackbone.engine.optim')
 PARAM_SCHEDULERS = _child('parameter scheduler', root.PARAM_SCHEDULERS)
 EVALUATOR = _child('evaluator', root.EVALUATOR)
 VISUALIZERS = _child('visualizer', root.VISUALIZERS)

@@ -286,6 +286,67 @@ class BaseBackbone(PretrainedRoutingMixin, BaseModule):
                     module.eval()
         return self
 
+    # ------------------------------------------------ layer-wise lr decay
+    def get_layer_depth(self, param_name: str, prefix: str = ''
+                        ) -> Tuple[int, int]:
+        """Depth of a parameter for layer-wise learning-rate decay.
+
+        mmpretrain's convention, from the stage records: the stem is depth
+        0, stage ``i`` depth ``i + 1``, and everything else (parameters
+        after the last stage, names not under ``prefix``) the last depth,
+        ``num_stages + 1``. Families whose depth is finer than a stage
+        (a ViT's blocks) override it.
+
+        Args:
+            param_name: a parameter name, as the model holding this
+                backbone names it (``'backbone.layer1.0.conv1.weight'``).
+            prefix: where this backbone's names start in ``param_name``
+                (``'backbone.'``); names outside it get the last depth.
+
+        Returns:
+            tuple[int, int]: ``(layer_id, num_layers)``, ``0 <= layer_id <
+            num_layers``.
+
+        Example:
+            >>> from mmbackbone.models import ResNet
+            >>> model = ResNet(depth=18)
+            >>> model.get_layer_depth('backbone.conv1.weight', 'backbone.')
+            (0, 6)
+            >>> model.get_layer_depth('layer2.0.conv1.weight')
+            (2, 6)
+            >>> model.get_layer_depth('head.fc.weight', 'backbone.')
+            (5, 6)
+        """
+        if not self.stage_info:
+            raise NotImplementedError(
+                f'{type(self).__name__} declares no stages: call '
+                f'_setup_stages() or define get_layer_depth()')
+        num_layers = len(self.stage_info) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        depths = self.__dict__.get('_layer_depths')
+        if depths is None or name not in depths:
+            depths = self._stage_layer_depths(num_layers - 1)
+            self.__dict__['_layer_depths'] = depths
+        return depths.get(name, num_layers - 1), num_layers
+
+    def _stage_layer_depths(self, last: int) -> Dict[str, int]:
+        """Depth of every parameter name: 0 in the stem, ``i + 1`` in
+        stage ``i`` (by identity, so a part named through a property, like
+        ResNet's ``norm1``, counts), ``last`` elsewhere."""
+        owner: Dict[int, int] = {}
+        groups = [self.stem_modules] + [s.modules for s in self.stage_info]
+        for depth, group in enumerate(groups):
+            for part_name in group:
+                part = self._part(part_name)
+                params = ([part] if isinstance(part, nn.Parameter) else
+                          part.parameters())
+                for param in params:
+                    owner.setdefault(id(param), depth)
+        return {name: owner.get(id(param), last)
+                for name, param in self.named_parameters()}
+
     # ----------------------------------------------------- initialisation
     # init_weights (PretrainedRoutingMixin): every init_cfg entry that loads
     # weights, whatever its spelling ('Pretrained', 'mmengine.Pretrained',

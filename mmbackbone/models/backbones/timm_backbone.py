@@ -22,6 +22,7 @@ from mmbackbone.checkpoint.convert import register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest, normalize_frozen_stages
 from .base_backbone import BaseBackbone, FreezablePart
+from .timm_layer_depth import timm_layer_depths
 from .timm_weights import create_timm_model, timm_key_candidates
 
 #: Arguments that belong to TIMMBackbone itself, not to ``timm_kwargs``.
@@ -230,6 +231,7 @@ class TIMMBackbone(BaseBackbone):
         kwargs = dict(timm_kwargs, in_chans=in_channels)
         if 'norm_layer' in kwargs:
             kwargs['norm_layer'] = timm_norm_layer(kwargs['norm_layer'])
+        self._timm_kwargs = dict(kwargs)  # the whole model's, for its groups
 
         if features_only:
             levels, default = self._probe_levels(timm, kwargs)
@@ -400,6 +402,51 @@ class TIMMBackbone(BaseBackbone):
 
         visit(self.timm_model, '')
         return parts[:count]
+
+    # ------------------------------------------------ layer-wise lr decay
+    def get_layer_depth(self, param_name: str, prefix: str = ''
+                        ) -> Tuple[int, int]:
+        """Depth of a parameter for layer-wise lr decay, from timm's
+        ``group_matcher()`` as timm's own layer decay numbers it.
+
+        The groups are those of the whole timm model, classifier included
+        (read from a copy on the meta device), also with
+        ``features_only=True`` or the classifier removed: the stem group
+        is 0, each block group (``coarse=False``) its index, and the
+        classifier, unmatched parameters and names not under ``prefix``
+        the last depth.
+
+        Raises:
+            NotImplementedError: the timm model has no ``group_matcher``.
+
+        Example:
+            >>> model = TIMMBackbone('resnet18', features_only=True)
+            >>> model.get_layer_depth('backbone.timm_model.conv1.weight',
+            ...                       'backbone.')
+            (0, 10)
+            >>> model.get_layer_depth('timm_model.layer4.1.conv2.weight')
+            (8, 10)
+        """
+        cached = self.__dict__.get('_layer_depths')
+        if cached is None:
+            cached = self._timm_layer_depths()
+            self.__dict__['_layer_depths'] = cached
+        depths, num_layers = cached
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        return depths.get(name, num_layers - 1), num_layers
+
+    def _timm_layer_depths(self) -> Tuple[Dict[str, int], int]:
+        """``({parameter name: depth}, num_layers)`` of this backbone."""
+        own = [name.removeprefix('timm_model.')
+               for name, _ in self.named_parameters()]
+        kwargs = {k: v for k, v in self._timm_kwargs.items()
+                  if k not in ('num_classes', 'features_only', 'out_indices')}
+        full = self._probe(import_timm(), kwargs,
+                           'to read its parameter groups', lambda m: m)
+        depths, num_layers = timm_layer_depths(full, own)
+        return {'timm_model.' + k: v for k, v in depths.items()}, num_layers
 
     # ------------------------------------------------------------- loading
     def classifier_names(self) -> Tuple[str, ...]:

@@ -329,6 +329,25 @@ class TorchScriptBackbone(BaseBackbone):
         """One stage: the whole scripted module."""
         return [[self.model]]
 
+    def get_layer_depth(self, param_name: str, prefix: str = ''
+                        ) -> Tuple[int, int]:
+        """Every parameter at one depth: ``(0, 1)``.
+
+        A program's stem and stages cannot be told apart, so layer-wise lr
+        decay leaves it at the base learning rate (the factor is
+        ``rate ** 0``), like the layers after it.
+
+        Example:
+            >>> import os, tempfile, torch
+            >>> path = os.path.join(tempfile.mkdtemp(), 'net.pt')
+            >>> torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 8, 3)),
+            ...                path)
+            >>> model = TorchScriptBackbone(path, nr_features=8)
+            >>> model.get_layer_depth('backbone.model.weight', 'backbone.')
+            (0, 1)
+        """
+        return 0, 1
+
     def train(self, mode: bool = True) -> 'TorchScriptBackbone':
         """Set the training mode; ``norm_eval`` reaches the program's norm
         layers (the base class only sees ``nn`` norm classes).

@@ -386,8 +386,24 @@ class VisionTransformer(BaseBackbone):
 
     def get_layer_depth(self, param_name: str, prefix: str = ''
                         ) -> Tuple[int, int]:
-        """Layer-wise depth of a parameter for layer-wise lr decay: 0 for
-        the embeddings, i + 1 for layer i, num_layers + 1 otherwise."""
+        """Depth of a parameter for layer-wise lr decay, per block as in
+        mmpretrain 1.2's ViT (see :meth:`BaseBackbone.get_layer_depth`).
+
+        0 for the patch embedding, ``pos_embed`` and ``cls_token``,
+        ``i + 1`` for block ``i``, and the last depth, ``num_layers + 1``,
+        for the rest: the norms (``pre_norm`` too, as in mmpretrain) and
+        names not under ``prefix``.
+
+        Example:
+            >>> from mmbackbone.models import VisionTransformer
+            >>> model = VisionTransformer('deit-tiny', img_size=32)
+            >>> model.get_layer_depth('backbone.pos_embed', 'backbone.')
+            (0, 14)
+            >>> model.get_layer_depth('layers.3.attn.qkv.weight')
+            (4, 14)
+            >>> model.get_layer_depth('ln1.weight')
+            (13, 14)
+        """
         total = self.num_layers + 2
         if not param_name.startswith(prefix):
             return total - 1, total

@@ -1,0 +1,4 @@
+"""Optimizer wrapper constructors (``optim_wrapper=dict(constructor=...)``)."""
+from .layer_decay import LayerDecayOptimWrapperConstructor
+
+__all__ = ['LayerDecayOptimWrapperConstructor']
