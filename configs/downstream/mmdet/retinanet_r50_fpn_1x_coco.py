@@ -3,7 +3,10 @@
 # on, as in mmdet's retinanet_r50_fpn_1x_coco. Set backbone.init_cfg to an
 # ImageNet checkpoint, e.g. torchvision's (converted automatically):
 #   init_cfg=dict(type='Pretrained', checkpoint='resnet50-0676ba61.pth')
-custom_imports = dict(imports=['mmbackbone'], allow_failed_imports=False)
+# mmbackbone.mmcv_ops: mmcv's compiled ops (NMS, RoIAlign...) on mmcv-lite;
+# it does nothing where a full mmcv is installed
+custom_imports = dict(imports=['mmbackbone', 'mmbackbone.mmcv_ops'],
+                      allow_failed_imports=False)
 default_scope = 'mmdet'
 
 model = dict(
@@ -63,7 +66,7 @@ model = dict(
         allowed_border=-1,
         pos_weight=-1,
         debug=False),
-    # NMS at inference is a compiled mmcv op: it needs full mmcv.
+    # NMS at inference: mmcv's compiled op, or mmbackbone.mmcv_ops'
     test_cfg=dict(
         nms_pre=1000,
         min_bbox_size=0,

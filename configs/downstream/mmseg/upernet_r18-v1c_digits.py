@@ -4,6 +4,9 @@
 _base_ = './digits_segmentation.py'
 
 norm_cfg = dict(type='BN', requires_grad=True)
+# background is ~92 % of the pixels: at weight 1 the model learns to
+# predict background everywhere first (mIoU 0.08 after 800 iterations)
+class_weight = [0.2] + [1.0] * 10
 model = dict(
     type='EncoderDecoder',
     data_preprocessor=dict(
@@ -33,7 +36,8 @@ model = dict(
         norm_cfg=norm_cfg,
         align_corners=False,
         loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
+            class_weight=class_weight)),
     auxiliary_head=dict(
         type='FCNHead',
         in_channels=128,
@@ -46,6 +50,7 @@ model = dict(
         norm_cfg=norm_cfg,
         align_corners=False,
         loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
+            class_weight=class_weight)),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))

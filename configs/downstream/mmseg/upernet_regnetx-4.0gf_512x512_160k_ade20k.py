@@ -7,7 +7,10 @@
 # ImageNet checkpoint, e.g. timm's regnetx_040 (converted automatically):
 #   init_cfg=dict(type='Pretrained', checkpoint='regnetx_040.pth')
 # On a single GPU or CPU, replace SyncBN by BN (norm_cfg below).
-custom_imports = dict(imports=['mmbackbone'], allow_failed_imports=False)
+# mmbackbone.mmcv_ops: mmcv's compiled ops (NMS, RoIAlign...) on mmcv-lite;
+# it does nothing where a full mmcv is installed
+custom_imports = dict(imports=['mmbackbone', 'mmbackbone.mmcv_ops'],
+                      allow_failed_imports=False)
 default_scope = 'mmseg'
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)
