@@ -86,6 +86,18 @@ def _scripted_model() -> str:
 
 
 SCRIPTED = _scripted_model()
+
+
+def _exported_program() -> str:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1),
+                              torch.nn.ReLU()).eval()
+    path = TMP / 'net.pt2'
+    torch.export.save(torch.export.export(net, (torch.randn(1, 3, 32, 32), )),
+                      str(path))
+    return str(path)
+
+
+EXPORTED = _exported_program()
 TYPES = list_backbones()
 
 
@@ -98,6 +110,9 @@ def _seeds() -> dict:
         dict(path=SCRIPTED), dict(path=SCRIPTED, nr_features=8),
         dict(path=SCRIPTED, input_size=32, frozen=True),
         dict(path=str(TMP / 'missing.pt'))]
+    seeds['ExportedBackbone'] = [dict(path=EXPORTED),
+                                 dict(path=EXPORTED, frozen_stages=-1),
+                                 dict(path=str(TMP / 'missing.pt2'))]
     # keep TIMM seeds to the quick ones (building is what is fuzzed)
     seeds['TIMMBackbone'] = [s for s in seeds['TIMMBackbone']
                              if 'mobilenetv3' in s['model_name']
@@ -391,6 +406,11 @@ def fuzz_configs(case):
 def test_fuzzed_configs_build_or_name_the_bad_key():
     STATS.clear()
     TIMINGS.clear()
+    # each type's seeds once, unchanged: every type is covered whatever
+    # the random draws below pick
+    for name in TYPES:
+        for seed in SEEDS[name][:2]:
+            check_config(name, copy.deepcopy(seed), [])
     fuzz_configs()
     # every example ran (none was skipped) and every type was drawn
     assert STATS['total'] >= MAX_EXAMPLES, STATS

@@ -28,8 +28,17 @@ def _torchscript_file(tmp_path):
     return dict(path=str(path))
 
 
+def _exported_file(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU()).eval()
+    path = tmp_path / 'net.pt2'
+    torch.export.save(torch.export.export(net, (torch.randn(1, 3, 32, 32), )),
+                      str(path))
+    return dict(path=str(path))
+
+
 #: Configs of the types that need a file (``zoo_needs_files``).
-FILE_CONFIGS = {'TorchScriptBackbone': _torchscript_file}
+FILE_CONFIGS = {'TorchScriptBackbone': _torchscript_file,
+                'ExportedBackbone': _exported_file}
 
 #: Necks, heads and the rest: (class name, constructor kwargs).
 OTHER_CONFIGS = {

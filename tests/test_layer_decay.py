@@ -64,7 +64,11 @@ RULES = {
 #: otherwise, at 64x64).
 SMALL = {'DLA': ('dla46_c', {}, 64),
          'VisionTransformer': ('deit-tiny', dict(img_size=32), 32)}
-WRAPPERS = ('TIMMBackbone', 'TorchScriptBackbone')
+#: wrappers of other models, with tests of their own depths here
+#: (TIMMBackbone, TorchScriptBackbone) or in tests/test_pyramid.py and
+#: tests/test_exported_backbone.py
+WRAPPERS = ('TIMMBackbone', 'TorchScriptBackbone', 'PyramidBackbone',
+            'ExportedBackbone')
 NATIVE = [name for name in list_backbones() if name not in WRAPPERS]
 
 
