@@ -121,8 +121,21 @@ class TIMMBackbone(BaseBackbone):
     ViT-style models each block, as NCHW maps through timm's
     ``forward_intermediates``). ``out_indices`` index into those levels
     (negative ones count from the last); by default the levels timm
-    itself returns. ``out_channels``/``out_strides`` come from
-    ``feature_info``. NHWC outputs are permuted to NCHW.
+    itself returns. ``out_channels``/``out_strides`` are timm's
+    ``feature_info``, checked by a forward of a copy on the meta device at
+    build time: where the model's maps disagree with it (timm reports
+    reductions the arguments changed, e.g. ``nest_tiny`` with
+    ``patch_size=8``) the measured values are used. NHWC outputs are
+    permuted to NCHW.
+
+    ``with_cp=True`` turns on timm's gradient checkpointing
+    (``set_grad_checkpointing``): activations inside the checkpointed
+    blocks are recomputed in the backward pass instead of kept.
+    ``dynamic_img_size=True`` (a timm argument of ViT, DeiT, EVA and Swin
+    models) lets the model take input sizes other than ``img_size``, also
+    non-square: the maps of an ``H x W`` input are ``H / s x W / s`` for
+    stride ``s`` (Swin rounds up; a ViT needs multiples of its patch size
+    unless ``dynamic_img_pad=True`` pads the input, then rounds up too).
 
     Weights come from ``checkpoint_path`` (a file of timm keys, loaded
     through timm's loader), ``pretrained=True`` (timm's weights, from the
@@ -150,11 +163,18 @@ class TIMMBackbone(BaseBackbone):
         norm_eval (bool): keep norm layers in eval mode. Default: False.
         pooled (bool): with ``features_only=False``, output the pooled
             pre-logits vector instead of the unpooled map. Default: False.
+        with_cp (bool): gradient checkpointing through timm's
+            ``set_grad_checkpointing``. Default: False.
         init_cfg (dict | list, optional): mmengine init config.
         **timm_kwargs: passed to ``timm.create_model`` (``img_size``,
-            ``drop_path_rate``, ``output_stride``, ...). A ``norm_layer``
-            string is resolved through the registry
+            ``drop_path_rate``, ``output_stride``, ``dynamic_img_size``,
+            ...). A ``norm_layer`` string is resolved through the registry
             (:func:`timm_norm_layer`).
+
+    Raises:
+        ValueError: ``with_cp=True`` for a timm model without gradient
+            checkpointing, or ``dynamic_img_size=True`` for one that does
+            not take it (both name the model).
 
     Example:
         >>> import torch
@@ -194,12 +214,16 @@ class TIMMBackbone(BaseBackbone):
                  frozen_stages: Union[int, str] = -1,
                  norm_eval: bool = False,
                  pooled: bool = False,
+                 with_cp: bool = False,
                  init_cfg: Union[dict, List[dict], None] = None,
                  **timm_kwargs):
         timm = import_timm()
         super().__init__(init_cfg)
         for name, value in (('features_only', features_only),
-                            ('pretrained', pretrained), ('pooled', pooled)):
+                            ('pretrained', pretrained), ('pooled', pooled),
+                            ('with_cp', with_cp),
+                            ('dynamic_img_size',
+                             timm_kwargs.get('dynamic_img_size', False))):
             if not isinstance(value, bool):
                 hint = (' (give a weights file as checkpoint_path)'
                         if name == 'pretrained' else '')
@@ -226,6 +250,7 @@ class TIMMBackbone(BaseBackbone):
         check_model_name(timm, model_name)
         self.model_name = model_name
         self.features_only, self.pooled = features_only, pooled
+        self.with_cp = with_cp
         self.in_channels = in_channels
         self.checkpoint_path = checkpoint_path
         kwargs = dict(timm_kwargs, in_chans=in_channels)
@@ -254,6 +279,10 @@ class TIMMBackbone(BaseBackbone):
         # timm initialised (or loaded) the weights; mmengine must not call
         # the timm model's own init_weights() again.
         self.timm_model.is_init = True
+        if timm_kwargs.get('dynamic_img_size'):
+            self._check_dynamic_img_size()
+        if with_cp:
+            self._enable_grad_checkpointing()
 
         if features_only:
             levels = list(self.timm_model.feature_info.info)
@@ -282,6 +311,33 @@ class TIMMBackbone(BaseBackbone):
         elif not self.pooled and hasattr(model, 'reset_classifier'):
             model.reset_classifier(0, '')
 
+    def _enable_grad_checkpointing(self) -> None:
+        """timm's gradient checkpointing on, or a ValueError naming the
+        model where timm has none for it."""
+        model = self.timm_model
+        # timm's FeatureGetterNet (ViT-style features) has no switch of its
+        # own; the model it wraps has.
+        if not hasattr(model, 'set_grad_checkpointing'):
+            model = getattr(model, 'model', model)
+        try:
+            model.set_grad_checkpointing(True)
+        except (AttributeError, AssertionError, NotImplementedError) as err:
+            detail = f' ({err})' if str(err) else ''
+            raise ValueError(
+                f'with_cp=True: timm model {self.model_name!r} '
+                f'({type(model).__name__}) has no gradient checkpointing'
+                f'{detail}; use with_cp=False') from err
+
+    def _check_dynamic_img_size(self) -> None:
+        """A ValueError naming the model where ``dynamic_img_size=True``
+        was swallowed without effect (a model taking ``**kwargs``)."""
+        # timm's features models may leave out the model that holds the
+        # flag (Swin's); its patch embedding then says it is not strict
+        if not any(getattr(m, 'dynamic_img_size', None) is True or
+                   getattr(m, 'strict_img_size', None) is False
+                   for m in self.timm_model.modules()):
+            raise _no_dynamic_img_size(self.model_name)
+
     def _probe(self, timm, kwargs: dict, what: str,
                read: Callable[[nn.Module], tuple]) -> tuple:
         """``read`` a copy of the timm model built on the meta device (no
@@ -298,6 +354,8 @@ class TIMMBackbone(BaseBackbone):
                 if 'unexpected keyword argument' not in str(err):
                     errors.append(f'{type(err).__name__}: {err}')
                     continue
+                if 'dynamic_img_size' in str(err):
+                    raise _no_dynamic_img_size(self.model_name) from err
                 raise TypeError(f'timm model {self.model_name!r} rejected '
                                 f'the arguments {sorted(kwargs)}: {err}'
                                 ) from err
@@ -311,13 +369,29 @@ class TIMMBackbone(BaseBackbone):
         """Every feature level timm offers and timm's default out_indices,
         so the real model can be built once, with just the levels needed.
         """
+        kwargs = dict(kwargs, features_only=True)
+
         def read(probe):
             info = probe.feature_info
             levels = [dict(f) for f in info.info]
-            return levels, tuple(int(i) % len(levels)
-                                 for i in info.out_indices)
+            default = tuple(int(i) % len(levels) for i in info.out_indices)
+            if not _is_meta(probe):
+                return levels, default  # no free forward: trust timm
+            every = tuple(range(len(levels)))
+            if tuple(sorted(set(default))) != every:
+                probe = timm.create_model(self.model_name, pretrained=False,
+                                          **dict(kwargs, out_indices=every))
+            try:
+                size = _probe_input_size(probe)
+                shapes = _measure_levels(probe.eval(), self.in_channels,
+                                         size, _is_nhwc(probe))
+            except Exception:  # the meta forward failed: trust timm
+                return levels, default
+            if len(shapes[0]) != len(levels):
+                return levels, default
+            return _checked_levels(levels, shapes, size[0]), default
 
-        return self._probe(timm, dict(kwargs, features_only=True),
+        return self._probe(timm, kwargs,
                            'with features_only=True; use features_only='
                            'False for its last output', read)
 
@@ -506,10 +580,70 @@ def _is_nhwc(model: nn.Module) -> bool:
     return str(getattr(fmt, 'value', fmt)) == 'NHWC'
 
 
+def _no_dynamic_img_size(model_name: str) -> ValueError:
+    return ValueError(
+        f'dynamic_img_size=True: timm model {model_name!r} does not take '
+        f'dynamic_img_size (timm offers it for ViT, DeiT, EVA and Swin '
+        f'models); leave it out')
+
+
+def _is_meta(model: nn.Module) -> bool:
+    param = next(model.parameters(), None)
+    return param is not None and param.is_meta
+
+
+def _measure_levels(model: nn.Module, in_channels: int,
+                    size: Tuple[int, int], nhwc: bool
+                    ) -> List[List[Tuple[int, int]]]:
+    """``(channels, height)`` of each feature level for an input of
+    ``size`` and, where the model takes it, of twice that size (run on the
+    meta device, so both are free)."""
+    shapes = []
+    for scale in (1, 2):
+        try:
+            feats = model(torch.zeros(1, in_channels, size[0] * scale,
+                                      size[1] * scale))
+        except Exception:
+            if scale == 1:
+                raise
+            break  # a fixed input size
+        if isinstance(feats, dict):
+            feats = list(feats.values())
+        shapes.append([(int(f.shape[-1 if nhwc else 1]),
+                        int(f.shape[1 if nhwc else 2])) for f in feats])
+    return shapes
+
+
+def _checked_levels(levels: List[dict], shapes: List[List[Tuple[int, int]]],
+                    size: int) -> List[dict]:
+    """timm's levels with the measured channels, and the measured stride
+    where timm's reduction does not fit the maps.
+
+    With two input sizes ``S`` and ``2S`` a stride ``r`` grows the map by
+    ``S / r`` (give or take one for padding), whatever the padding; with
+    one size the map is ``S / r`` give or take one.
+    """
+    checked = []
+    for i, level in enumerate(levels):
+        level = dict(level)
+        channels, height = shapes[0][i]
+        level['num_chs'] = channels
+        growth = shapes[1][i][1] - height if len(shapes) > 1 else 0
+        seen = growth if growth > 0 else height
+        reduction = level.get('reduction')
+        if seen > 0 and (not reduction or abs(seen - size / reduction) > 1):
+            level['reduction'] = max(1, round(size / seen))
+        checked.append(level)
+    return checked
+
+
 def _probe_input_size(model: nn.Module) -> Tuple[int, int]:
     """An input size the model takes: its patch embedding's fixed size,
     else its pretrained config's, else 224."""
-    size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+    embed = getattr(model, 'patch_embed', None)
+    if embed is None:  # inside timm's FeatureGetterNet
+        embed = getattr(getattr(model, 'model', None), 'patch_embed', None)
+    size = getattr(embed, 'img_size', None)
     if size is None:
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         size = tuple(cfg.get('input_size', (3, 224, 224)))[-2:]
