@@ -342,7 +342,7 @@ def _text(rng: random.Random, max_size: int) -> str:
     return ''.join(map(chr, points))
 
 
-def _replace_zip_entry(data: bytearray, rng: random.Random) -> bytearray:
+def _junk_zip_entry(data: bytearray, rng: random.Random) -> bytearray:
     """A zip archive rebuilt with one entry replaced by junk or dropped
     (any other bytes unchanged)."""
     if data[:2] != b'PK':
@@ -422,7 +422,7 @@ def corrupted_checkpoint(name: str, op: str, rng: random.Random):
         data = bytearray(buffer.getvalue())
     elif op == 'zip_replace_entry':
         try:
-            data = _replace_zip_entry(data, rng)
+            data = _junk_zip_entry(data, rng)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError):
             pass  # a hostile archive that zipfile cannot read: as it is
     elif op == 'text':
