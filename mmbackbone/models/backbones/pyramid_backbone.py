@@ -17,8 +17,9 @@ from torch import Tensor
 from mmbackbone.checkpoint.convert import best_conversion, register_converter
 from mmbackbone.registry import MODELS
 from mmbackbone.utils import normalize_frozen_stages
-from ..necks.simple_pyramid import (DEFAULT_NORM, MODES, SimpleFeaturePyramid,
-                                    rescaled_channels, scale_steps)
+from ..necks.simple_pyramid import (DEFAULT_NORM, SimpleFeaturePyramid,
+                                    check_pyramid_args, rescaled_channels,
+                                    scale_steps)
 from .base_backbone import BaseBackbone, FreezablePart
 
 #: Arguments filled in the wrapped config where its class takes them and
@@ -126,20 +127,7 @@ class PyramidBackbone(BaseBackbone):
                  norm_eval: bool = False,
                  init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg)
-        if mode not in MODES:
-            raise ValueError(f'mode={mode!r}; choose from {list(MODES)}')
-        if isinstance(scales, (str, bytes)) or \
-                not isinstance(scales, Sequence) or not scales:
-            raise TypeError(f'scales={scales!r} must be a non-empty sequence '
-                            f'of powers of two, e.g. (4.0, 2.0, 1.0, 0.5)')
-        for i, scale in enumerate(scales):
-            scale_steps(scale, f'scales[{i}]')
-        if out_channels is not None and (
-                isinstance(out_channels, bool)
-                or not isinstance(out_channels, int) or out_channels < 1):
-            raise ValueError(f'out_channels={out_channels!r} must be a '
-                             f'positive int or None (keep the rescaled '
-                             f'channels)')
+        check_pyramid_args(mode, scales, out_channels)
         self.mode, self.scales = mode, tuple(scales)
         self.backbone = self._build_inner(backbone, frozen_stages)
         sources = self._level_sources()

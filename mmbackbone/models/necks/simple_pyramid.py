@@ -186,6 +186,31 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+def check_pyramid_args(mode: str, scales: Sequence[float],
+                       out_channels: Optional[int]) -> List[int]:
+    """Check the pyramid arguments shared by :class:`SimpleFeaturePyramid`
+    and ``PyramidBackbone``; returns each scale's power-of-two step.
+
+    Example:
+        >>> check_pyramid_args('last', (4.0, 2.0, 1.0, 0.5), 256)
+        [2, 1, 0, -1]
+    """
+    if mode not in MODES:
+        raise ValueError(f'mode={mode!r}; choose from {list(MODES)}')
+    if isinstance(scales, (str, bytes)) or \
+            not isinstance(scales, Sequence) or not scales:
+        raise TypeError(f'scales={scales!r} must be a non-empty sequence '
+                        f'of powers of two, e.g. (4.0, 2.0, 1.0, 0.5)')
+    steps = [scale_steps(s, f'scales[{i}]') for i, s in enumerate(scales)]
+    if out_channels is not None and (
+            isinstance(out_channels, bool)
+            or not isinstance(out_channels, int) or out_channels < 1):
+        raise ValueError(f'out_channels={out_channels!r} must be a '
+                         f'positive int or None (keep the rescaled '
+                         f'channels)')
+    return steps
+
+
 @MODELS.register_module()
 class SimpleFeaturePyramid(PretrainedRoutingMixin, BaseModule):
     """Rescale single-stride maps into a pyramid (ViTDet).
@@ -247,18 +272,10 @@ class SimpleFeaturePyramid(PretrainedRoutingMixin, BaseModule):
                  norm_cfg: Optional[dict] = DEFAULT_NORM,
                  init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg=init_cfg)
-        if mode not in MODES:
-            raise ValueError(f'mode={mode!r}; choose from {list(MODES)}')
-        if isinstance(scales, (str, bytes)) or \
-                not isinstance(scales, Sequence) or not scales:
-            raise TypeError(f'scales={scales!r} must be a non-empty sequence '
-                            f'of powers of two, e.g. (4.0, 2.0, 1.0, 0.5)')
-        steps = [scale_steps(s, f'scales[{i}]') for i, s in enumerate(scales)]
+        steps = check_pyramid_args(mode, scales, out_channels)
         self.scales = tuple(scales)
         self.mode = mode
         self.in_channels = self._level_inputs(in_channels, len(steps))
-        if out_channels is not None:
-            _positive_int(out_channels, 'out_channels')
         self.out_channels = out_channels
         check_map_norm(norm_cfg)
         self.norm_cfg = norm_cfg
