@@ -10,20 +10,29 @@ custom_imports = dict(
     allow_failed_imports=False)
 default_scope = 'mmdet'
 
+# every digits detector normalises the dark canvases the same way; a model
+# config adds its type, backbone, neck and heads
+model = dict(
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=[30.0, 30.0, 30.0],
+        std=[60.0, 60.0, 60.0],
+        bgr_to_rgb=True,
+        pad_size_divisor=32))
+
 dataset_type = 'mmbackbone.DigitsCocoDataset'
 data_root = 'data/digits_det/'
 image_size = 128
-with_mask = False
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
                     'scale_factor')),

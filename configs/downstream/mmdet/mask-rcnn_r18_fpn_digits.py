@@ -4,7 +4,6 @@
 # mmbackbone.mmcv_ops (see digits_detection.py's custom_imports).
 _base_ = './digits_detection.py'
 
-with_mask = True
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -28,13 +27,7 @@ test_evaluator = val_evaluator
 channels = 64
 model = dict(
     type='MaskRCNN',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[30.0, 30.0, 30.0],
-        std=[60.0, 60.0, 60.0],
-        bgr_to_rgb=True,
-        pad_mask=True,
-        pad_size_divisor=32),
+    data_preprocessor=dict(pad_mask=True),
     backbone=dict(
         type='mmbackbone.ResNet',
         depth=18,

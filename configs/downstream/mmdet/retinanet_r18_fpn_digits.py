@@ -5,12 +5,6 @@ _base_ = './digits_detection.py'
 
 model = dict(
     type='RetinaNet',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[30.0, 30.0, 30.0],
-        std=[60.0, 60.0, 60.0],
-        bgr_to_rgb=True,
-        pad_size_divisor=32),
     backbone=dict(
         type='mmbackbone.ResNet',
         depth=18,
