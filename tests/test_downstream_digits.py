@@ -9,6 +9,7 @@ configs' ``custom_imports``. The demo figures (``make demo-det``,
 ``make demo-seg``) come from the full schedules; these runs check that
 every step works and reports, on sets of a few images.
 """
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -24,11 +25,10 @@ SMALL_SET = dict(num_train=16, num_val=8)
 
 
 def _tools(package: str) -> Path:
-    out = subprocess.run(
-        [PYTHON, '-c', f'import os, {package}; print(os.path.dirname('
-         f'{package}.__file__))'], capture_output=True, text=True,
-        check=True)
-    return Path(out.stdout.strip()) / '.mim' / 'tools'
+    """The tools/ folder shipped in ``package``'s wheel (found without
+    importing it)."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.submodule_search_locations[0]) / '.mim' / 'tools'
 
 
 def _run(args, cwd) -> str:
