@@ -8,7 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from mmbackbone.models import TIMMBackbone
-from mmbackbone.models.backbones.timm_backbone import _checked_levels
+from mmbackbone.models.backbones.timm_probe import checked_levels
 
 # fewer blocks than the named models: the same code paths, built faster
 VIT = dict(model_name='vit_tiny_patch16_224', img_size=64, depth=3)
@@ -207,6 +207,6 @@ def test_stage_metadata_where_timm_feature_info_is_wrong():
         'channels'])
 def test_checked_levels_keep_timm_where_it_fits(shapes, expected):
     levels = [dict(num_chs=64, reduction=32, module='stage')]
-    level, = _checked_levels(levels, shapes, 224)
+    level, = checked_levels(levels, shapes, 224)
     assert (level['num_chs'], level['reduction']) == expected
     assert level['module'] == 'stage' and levels[0]['reduction'] == 32

@@ -12,10 +12,8 @@ are found and loaded is in :mod:`.timm_weights`.
 timm is imported when the class is built, never when mmbackbone is.
 """
 import os
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from mmbackbone.checkpoint.convert import register_converter
@@ -23,6 +21,9 @@ from mmbackbone.registry import MODELS
 from mmbackbone.utils import closest, normalize_frozen_stages
 from .base_backbone import BaseBackbone, FreezablePart
 from .timm_layer_depth import timm_layer_depths
+from .timm_probe import (build_probe, is_nhwc, no_dynamic_img_size,
+                         probe_levels, probe_output, remove_head,
+                         whole_model_outputs)
 from .timm_weights import create_timm_model, timm_key_candidates
 
 #: Arguments that belong to TIMMBackbone itself, not to ``timm_kwargs``.
@@ -259,7 +260,8 @@ class TIMMBackbone(BaseBackbone):
         self._timm_kwargs = dict(kwargs)  # the whole model's, for its groups
 
         if features_only:
-            levels, default = self._probe_levels(timm, kwargs)
+            levels, default = probe_levels(timm, model_name, kwargs,
+                                           in_channels)
             self._setup_outputs([f['num_chs'] for f in levels],
                                 [f['reduction'] for f in levels],
                                 default if out_indices is None
@@ -270,7 +272,8 @@ class TIMMBackbone(BaseBackbone):
                                          for i in self.out_indices)
         else:
             kwargs.setdefault('num_classes', 0)
-            channels, strides, self._nhwc = self._probe_output(timm, kwargs)
+            channels, strides, self._nhwc = probe_output(
+                timm, model_name, kwargs, in_channels, pooled)
             self._setup_outputs(channels, strides,
                                 (0, ) if out_indices is None else out_indices,
                                 -1, norm_eval)
@@ -286,9 +289,9 @@ class TIMMBackbone(BaseBackbone):
 
         if features_only:
             levels = list(self.timm_model.feature_info.info)
-            self._nhwc = _is_nhwc(self.timm_model)
+            self._nhwc = is_nhwc(self.timm_model)
         else:
-            self._remove_head(self.timm_model)
+            remove_head(self.timm_model, pooled)
             levels = list(getattr(self.timm_model, 'feature_info', None)
                           or [])
             if not levels and frozen_stages not in (-1, 'all'):
@@ -303,14 +306,6 @@ class TIMMBackbone(BaseBackbone):
         self._freeze_stages()
 
     # ------------------------------------------------------------ building
-    def _remove_head(self, model: nn.Module) -> None:
-        """The classifier (and, unless ``pooled``, the global pooling)
-        replaced by ``nn.Identity`` through timm's ``reset_classifier``."""
-        if self.pooled and getattr(model, 'num_classes', 0):
-            model.reset_classifier(0)
-        elif not self.pooled and hasattr(model, 'reset_classifier'):
-            model.reset_classifier(0, '')
-
     def _enable_grad_checkpointing(self) -> None:
         """timm's gradient checkpointing on, or a ValueError naming the
         model where timm has none for it."""
@@ -336,95 +331,7 @@ class TIMMBackbone(BaseBackbone):
         if not any(getattr(m, 'dynamic_img_size', None) is True or
                    getattr(m, 'strict_img_size', None) is False
                    for m in self.timm_model.modules()):
-            raise _no_dynamic_img_size(self.model_name)
-
-    def _probe(self, timm, kwargs: dict, what: str,
-               read: Callable[[nn.Module], tuple]) -> tuple:
-        """``read`` a copy of the timm model built on the meta device (no
-        memory, no weights), or on the CPU where meta cannot build it."""
-        errors = []
-        for device in ('meta', 'cpu'):
-            try:
-                with warnings.catch_warnings(), torch.device(device), \
-                        torch.no_grad():
-                    warnings.simplefilter('ignore')
-                    return read(timm.create_model(
-                        self.model_name, pretrained=False, **kwargs))
-            except TypeError as err:
-                if 'unexpected keyword argument' not in str(err):
-                    errors.append(f'{type(err).__name__}: {err}')
-                    continue
-                if 'dynamic_img_size' in str(err):
-                    raise _no_dynamic_img_size(self.model_name) from err
-                raise TypeError(f'timm model {self.model_name!r} rejected '
-                                f'the arguments {sorted(kwargs)}: {err}'
-                                ) from err
-            except Exception as err:  # timm raises asserts, RuntimeErrors
-                errors.append(f'{type(err).__name__}: {err}')
-        raise ValueError(f'timm model {self.model_name!r} cannot build '
-                         f'{what} ({errors[-1]})')
-
-    def _probe_levels(self, timm, kwargs: dict
-                      ) -> Tuple[List[dict], Tuple[int, ...]]:
-        """Every feature level timm offers and timm's default out_indices,
-        so the real model can be built once, with just the levels needed.
-        """
-        kwargs = dict(kwargs, features_only=True)
-
-        def read(probe):
-            info = probe.feature_info
-            levels = [dict(f) for f in info.info]
-            default = tuple(int(i) % len(levels) for i in info.out_indices)
-            if not _is_meta(probe):
-                return levels, default  # no free forward: trust timm
-            every = tuple(range(len(levels)))
-            if tuple(sorted(set(default))) != every:
-                probe = timm.create_model(self.model_name, pretrained=False,
-                                          **dict(kwargs, out_indices=every))
-            try:
-                size = _probe_input_size(probe)
-                shapes = _measure_levels(probe.eval(), self.in_channels,
-                                         size, _is_nhwc(probe))
-            except Exception:  # the meta forward failed: trust timm
-                return levels, default
-            if len(shapes[0]) != len(levels):
-                return levels, default
-            return _checked_levels(levels, shapes, size[0]), default
-
-        return self._probe(timm, kwargs,
-                           'with features_only=True; use features_only='
-                           'False for its last output', read)
-
-    def _probe_output(self, timm, kwargs: dict
-                      ) -> Tuple[List[int], List[Optional[int]], bool]:
-        """Channels and stride of each output of the whole model (stride
-        None for vectors and tokens), and whether its maps are NHWC."""
-        def read(probe):
-            self._remove_head(probe)
-            nhwc = _is_nhwc(probe)
-            size = _probe_input_size(probe)
-            outs = self._whole_model_outputs(
-                probe.eval(), torch.zeros(1, self.in_channels, *size),
-                nhwc)
-            channels = [int(out.shape[-1 if out.ndim == 3 else 1])
-                        for out in outs]  # tokens (B, L, C): C
-            strides = [round(size[0] / out.shape[2]) if out.ndim == 4
-                       else None for out in outs]
-            return channels, strides, nhwc
-
-        return self._probe(timm, dict(kwargs), 'its whole model', read)
-
-    def _whole_model_outputs(self, model: nn.Module, x: Tensor,
-                             nhwc: bool) -> Tuple[Tensor, ...]:
-        if self.pooled:
-            return (model.forward_head(model.forward_features(x),
-                                       pre_logits=True), )
-        out = model(x)
-        outs = tuple(out) if isinstance(out, (list, tuple)) else (out, )
-        if nhwc:
-            outs = tuple(o.permute(0, 3, 1, 2) if o.ndim == 4 else o
-                         for o in outs)
-        return outs
+            raise no_dynamic_img_size(self.model_name)
 
     def _resolve_level_paths(self, names: Sequence[str]
                              ) -> List[Optional[str]]:
@@ -517,7 +424,7 @@ class TIMMBackbone(BaseBackbone):
                for name, _ in self.named_parameters()]
         kwargs = {k: v for k, v in self._timm_kwargs.items()
                   if k not in ('num_classes', 'features_only', 'out_indices')}
-        full = self._probe(import_timm(), kwargs,
+        full = build_probe(import_timm(), self.model_name, kwargs,
                            'to read its parameter groups', lambda m: m)
         depths, num_layers = timm_layer_depths(full, own)
         return {'timm_model.' + k: v for k, v in depths.items()}, num_layers
@@ -564,7 +471,8 @@ class TIMMBackbone(BaseBackbone):
     # ------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if not self.features_only:
-            return self._whole_model_outputs(self.timm_model, x, self._nhwc)
+            return whole_model_outputs(self.timm_model, x, self._nhwc,
+                                       self.pooled)
         feats = self.timm_model(x)
         if isinstance(feats, dict):
             feats = list(feats.values())
@@ -572,84 +480,6 @@ class TIMMBackbone(BaseBackbone):
         if self._nhwc:
             outs = [out.permute(0, 3, 1, 2) for out in outs]
         return tuple(outs)
-
-
-def _is_nhwc(model: nn.Module) -> bool:
-    """Whether the timm model's maps are NHWC (``output_fmt``)."""
-    fmt = getattr(model, 'output_fmt', 'NCHW')
-    return str(getattr(fmt, 'value', fmt)) == 'NHWC'
-
-
-def _no_dynamic_img_size(model_name: str) -> ValueError:
-    return ValueError(
-        f'dynamic_img_size=True: timm model {model_name!r} does not take '
-        f'dynamic_img_size (timm offers it for ViT, DeiT, EVA and Swin '
-        f'models); leave it out')
-
-
-def _is_meta(model: nn.Module) -> bool:
-    param = next(model.parameters(), None)
-    return param is not None and param.is_meta
-
-
-def _measure_levels(model: nn.Module, in_channels: int,
-                    size: Tuple[int, int], nhwc: bool
-                    ) -> List[List[Tuple[int, int]]]:
-    """``(channels, height)`` of each feature level for an input of
-    ``size`` and, where the model takes it, of twice that size (run on the
-    meta device, so both are free)."""
-    shapes = []
-    for scale in (1, 2):
-        try:
-            feats = model(torch.zeros(1, in_channels, size[0] * scale,
-                                      size[1] * scale))
-        except Exception:
-            if scale == 1:
-                raise
-            break  # a fixed input size
-        if isinstance(feats, dict):
-            feats = list(feats.values())
-        shapes.append([(int(f.shape[-1 if nhwc else 1]),
-                        int(f.shape[1 if nhwc else 2])) for f in feats])
-    return shapes
-
-
-def _checked_levels(levels: List[dict], shapes: List[List[Tuple[int, int]]],
-                    size: int) -> List[dict]:
-    """timm's levels with the measured channels, and the measured stride
-    where timm's reduction does not fit the maps.
-
-    With two input sizes ``S`` and ``2S`` a stride ``r`` grows the map by
-    ``S / r`` (give or take one for padding), whatever the padding; with
-    one size the map is ``S / r`` give or take one.
-    """
-    checked = []
-    for i, level in enumerate(levels):
-        level = dict(level)
-        channels, height = shapes[0][i]
-        level['num_chs'] = channels
-        growth = shapes[1][i][1] - height if len(shapes) > 1 else 0
-        seen = growth if growth > 0 else height
-        reduction = level.get('reduction')
-        if seen > 0 and (not reduction or abs(seen - size / reduction) > 1):
-            level['reduction'] = max(1, round(size / seen))
-        checked.append(level)
-    return checked
-
-
-def _probe_input_size(model: nn.Module) -> Tuple[int, int]:
-    """An input size the model takes: its patch embedding's fixed size,
-    else its pretrained config's, else 224."""
-    embed = getattr(model, 'patch_embed', None)
-    if embed is None:  # inside timm's FeatureGetterNet
-        embed = getattr(getattr(model, 'model', None), 'patch_embed', None)
-    size = getattr(embed, 'img_size', None)
-    if size is None:
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        size = tuple(cfg.get('input_size', (3, 224, 224)))[-2:]
-    if isinstance(size, int):
-        size = (size, size)
-    return int(size[0]), int(size[1])
 
 
 @register_converter('timm', 'TIMMBackbone')
