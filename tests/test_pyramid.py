@@ -15,8 +15,12 @@ from mmbackbone.models.backbones.base_backbone import NORM_TYPES
 from mmbackbone.models.necks import SimpleFeaturePyramid
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = (ROOT / 'configs' / 'downstream' / 'mmdet' /
-          'retinanet_deit-s_pyramid_digits.py')
+#: The ViT RetinaNets on the embedded digits set: a native DeiT-S and
+#: timm's DINOv2-S behind TIMMBackbone, each through PyramidBackbone.
+VIT_DETECTORS = {
+    name: ROOT / 'configs' / 'downstream' / 'mmdet' / name
+    for name in ('retinanet_deit-s_pyramid_digits.py',
+                 'retinanet_dinov2-s-timm_pyramid_digits.py')}
 #: Two input sizes: non-square, not 224, multiples of 16 and of 14.
 SIZES = {16: ((64, 96), (48, 80)), 14: ((56, 84), (42, 70))}
 
@@ -309,7 +313,8 @@ def test_neck_checks_its_inputs():
 
 
 # ------------------------------------------------------------- mmdet
-def test_retinanet_config_builds_trains_a_step_and_predicts():
+@pytest.mark.parametrize('name', sorted(VIT_DETECTORS))
+def test_retinanet_config_builds_trains_a_step_and_predicts(name):
     from helpers_downstream import install_mmcv_ops
     install_mmcv_ops()  # mmcv's compiled ops, before mmdet imports mmcv.ops
     import mmdet.models  # noqa: F401
@@ -320,7 +325,7 @@ def test_retinanet_config_builds_trains_a_step_and_predicts():
     from mmengine.structures import InstanceData
 
     from mmbackbone.apis import check_config_types
-    cfg = Config.fromfile(str(CONFIG))
+    cfg = Config.fromfile(str(VIT_DETECTORS[name]))
     check_config_types(cfg.to_dict())
     with DefaultScope.overwrite_default_scope('mmdet'):
         torch.manual_seed(0)
