@@ -7,7 +7,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG := configs/resnet/resnet18_digits.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo demo-det demo-seg test clean
+.PHONY: install demo demo-bf16 demo-det demo-seg test clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: setup.py requirements/runtime.txt requirements/tests.txt req
 # gives (measured: 84 s CPU with one thread, 306 s with two).
 demo: install
 	OMP_NUM_THREADS=1 $(BIN)/python tools/train.py $(DEMO_CONFIG) --work-dir work_dirs/demo
+
+# The demo in mixed precision: bfloat16 autocast on the CPU (docs/training.md).
+demo-bf16: install
+	OMP_NUM_THREADS=1 $(BIN)/python tools/train.py $(DEMO_CONFIG) --amp bf16 --work-dir work_dirs/demo_bf16
 
 # Downstream, with mmdet's and mmseg's own tools (shipped in their wheels
 # under .mim/): train on the embedded digits sets (written under data/ on

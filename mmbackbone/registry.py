@@ -28,7 +28,8 @@ RUNNER_CONSTRUCTORS = _child('runner constructor', root.RUNNER_CONSTRUCTORS)
 LOOPS = _child('loop', root.LOOPS)
 DATA_SAMPLERS = _child('data sampler', root.DATA_SAMPLERS)
 OPTIMIZERS = _child('optimizer', root.OPTIMIZERS)
-OPTIM_WRAPPERS = _child('optim_wrapper', root.OPTIM_WRAPPERS)
+OPTIM_WRAPPERS = _child('optim_wrapper', root.OPTIM_WRAPPERS,
+                        'mmbackbone.engine.optim')
 OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
                                     root.OPTIM_WRAPPER_CONSTRUCTORS,
                                     'mmbackbone.engine.optim')

@@ -165,9 +165,9 @@ def test_dotted_types_and_bad_flags_stop_before_anything_runs(tmp_path):
                          '--cfg-options',
                          'default_hooks.timer.type=subprocess.call'])
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match='--amp needs a GPU'):
+        with pytest.raises(SystemExit, match='--amp fp16 needs a GPU'):
             train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
-                             '--amp'])
+                             '--amp', 'fp16'])
     with pytest.raises(SystemExit, match='no such checkpoint'):
         train_tool.main([str(DIGITS_PY), '--work-dir', str(work_dir),
                          '--resume', str(tmp_path / 'none.pth')])
