@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from mmbackbone.models.backbones.torchscript_backbone import (
     load_torchscript, quiet_jit_deprecation)
+from mmbackbone.utils.cli_options import add_allow_python_bases
 
 DEFAULT_INPUT_SIZE = (224, 224)
 
@@ -247,9 +248,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'module (bilinear)')
     parser.add_argument('--method', choices=('auto', 'script', 'trace'),
                         default='auto', help='default: script, else trace')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON config inherit from .py files '
-                        '(which are then run); off by default')
+    add_allow_python_bases(parser)
     return parser.parse_args(argv)
 
 

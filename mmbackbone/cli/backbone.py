@@ -19,6 +19,7 @@ from torch import nn
 from mmbackbone.apis import (build_backbone, check_config_types,
                              list_backbones, resolve_type)
 from mmbackbone.registry import MODELS
+from mmbackbone.utils.cli_options import add_allow_python_bases
 from mmbackbone.utils import closest
 
 
@@ -84,9 +85,7 @@ def add_config_options(parser: argparse.ArgumentParser, what: str,
         '--config', metavar='FILE',
         help=f'an mmengine config (.yaml/.json data, or .py code); its '
         f'model.backbone (or backbone) is the model to {what}')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON --config inherit from .py '
-                        'files (which are then run); off by default')
+    add_allow_python_bases(parser, '--config')
 
 
 def check_config_options(args: argparse.Namespace, extra: List[str]

@@ -20,6 +20,8 @@ import argparse
 import ast
 from typing import Any, Dict, List
 
+from mmbackbone.utils.cli_options import add_allow_python_bases
+
 #: Nesting deeper than this is refused (a literal that deep is no config).
 MAX_DEPTH = 32
 
@@ -127,6 +129,4 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         'train_cfg.max_epochs=2 "model.backbone.init_cfg='
                         "dict(type='Pretrained', checkpoint='r18.pth')\"; "
                         'values are literals, never code')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON config inherit from .py '
-                        'configs (they run as Python: trusted files only)')
+    add_allow_python_bases(parser)
