@@ -4,6 +4,9 @@ archives are refused before anything in them runs.
 
 Each type (its smallest zoo arch) is exported once, lazily, at 64x64 (or
 its patch grid's multiple); both checks run on other sizes and batches.
+Every native type, ViTs included, exports with a dynamic height and width;
+the fixed-size fallback is checked on a model that turns its input size
+into Python numbers.
 """
 import importlib.util
 import io
@@ -17,10 +20,13 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from helpers import randomize_norm_stats
 from mmbackbone import build_backbone
 from mmbackbone.models import ExportedBackbone
+from mmbackbone.models.backbones.base_backbone import BaseBackbone, StageInfo
 from mmbackbone.models.backbones.exported_backbone import (
     UnsafeProgramError, check_operator_name, check_shape_expression)
 from mmbackbone.registry import MODELS
@@ -30,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / 'tools' / 'export.py'
 TOL = 1e-5
 CASES = export_cases()
+#: Types whose modules are not ours: they may need the fixed-size fallback.
+FOREIGN = ('TIMMBackbone', )
 
 
 def load_tool():
@@ -101,12 +109,13 @@ def test_pt2_matches_eager(exports, type_name, arch):
     for x, want in cases:
         with torch.no_grad():
             assert_close(loaded(x), want)
-    step = tool.spatial_multiple(model)
-    if info['metadata']['pt2']['input']['height']['multiple'] == 1:
-        with pytest.raises(ValueError, match='input height .* not one the '
-                           'program accepts'):
-            loaded(torch.rand(1, 3, info['input_size'][0] + step,
-                              info['input_size'][1]))
+    if type_name not in FOREIGN:  # no fixed-size fallback
+        step = tool.spatial_multiple(model)
+        assert info['notes'] == []
+        for kind in ('pt2', 'onnx'):
+            limits = info['metadata'][kind]['input']
+            assert limits['height']['multiple'] == step, kind
+            assert limits['width']['multiple'] == step, kind
 
 
 @pytest.mark.parametrize('type_name,arch', CASES)
@@ -120,6 +129,51 @@ def test_onnx_matches_eager(exports, type_name, arch):
     for x, want in cases:
         got = session.run(sidecar['outputs'], {'input': x.numpy()})
         assert_close(got, want)
+
+
+class SizedNet(BaseBackbone):
+    """Patches plus a position term resized with Python ints, skipped at
+    its own grid: a trace keeps the example's size."""
+
+    def __init__(self):
+        super().__init__()
+        self._setup_stages([StageInfo(8, 8, ('patches', ))], stem=())
+        self.patches = nn.Conv2d(3, 8, 8, 8)
+        self.position = nn.Parameter(torch.randn(1, 8, 4, 4))
+        self._finish_init()
+
+    def forward(self, x):
+        x = self.patches(x)
+        grid = int(x.shape[2]), int(x.shape[3])
+        position = (self.position if grid == (4, 4) else
+                    F.interpolate(self.position, size=grid, mode='bilinear'))
+        return (x + position, )
+
+
+def test_fixed_size_fallback(tmp_path):
+    """A program that cannot follow a change of size is exported at the
+    example's height and width (batch still dynamic), with a note; the
+    loaded program refuses other sizes."""
+    torch.manual_seed(0)
+    model = SizedNet().eval()
+    info = tool.export_backbone(model, tmp_path / 'sized', 'both', (32, 32))
+    assert len(info['notes']) == 2
+    assert all('fixed at 32x32' in note for note in info['notes'])
+    for kind in ('pt2', 'onnx'):
+        limits = info['metadata'][kind]['input']
+        assert limits['height'] == dict(min=32, max=32, multiple=1), kind
+        assert limits['batch']['max'] == tool.MAX_BATCH
+        assert info['max_abs_diff'][kind] <= TOL
+    loaded = ExportedBackbone(path=str(info['paths']['pt2']))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(loaded(x), eager(model, x))
+    with pytest.raises(ValueError, match='input height 40 is not one the '
+                       'program accepts'):
+        loaded(torch.rand(1, 3, 40, 32))
+    session = ort.InferenceSession(str(info['paths']['onnx']),
+                                   providers=['CPUExecutionProvider'])
+    assert session.get_inputs()[0].shape == ['batch', 3, 32, 32]
 
 
 # ------------------------------------------------------------- training
@@ -154,6 +208,23 @@ def test_frozen_stages_and_fine_tuning(resnet_pt2):
         assert_close(loaded(x), eager(model, x))
     assert loaded.get_layer_depth('backbone.program.layer2.0.conv1.weight',
                                   'backbone.') == (2, 6)
+
+
+def test_compiles_as_one_graph(resnet_pt2):
+    """torch.compile(fullgraph=True) traces a loaded program whole."""
+    import torch._dynamo
+    model, path = resnet_pt2
+    loaded = ExportedBackbone(path=str(path))
+    x = torch.rand(2, 3, 64, 96)
+    torch._dynamo.reset()
+    try:
+        explained = torch._dynamo.explain(loaded)(x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+        with torch.no_grad():
+            got = torch.compile(loaded, fullgraph=True, backend='eager')(x)
+    finally:
+        torch._dynamo.reset()
+    assert_close(got, eager(model, x))
 
 
 def test_contract_errors(resnet_pt2):

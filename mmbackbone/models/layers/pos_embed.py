@@ -32,11 +32,16 @@ def resize_pos_embed(pos_embed: Tensor, src_shape: Sequence[int],
         torch.Size([1, 7, 8])
     """
     src_h, src_w = int(src_shape[0]), int(src_shape[1])
-    dst_h, dst_w = int(dst_shape[0]), int(dst_shape[1])
-    if (src_h, src_w) == (dst_h, dst_w):
+    if same_grid((src_h, src_w), dst_shape):
         return pos_embed
+    # a traced grid that may equal the source is interpolated all the
+    # same: to the same grid, the interpolation gives the same values
+    dst_h, dst_w = dst_shape[0], dst_shape[1]
+    if not is_traced_size(dst_h) and not is_traced_size(dst_w):
+        dst_h, dst_w = int(dst_h), int(dst_w)
     length, channels = pos_embed.shape[1], pos_embed.shape[2]
-    if length != src_h * src_w + num_extra_tokens:
+    if not torch.jit.is_tracing() and \
+            length != src_h * src_w + num_extra_tokens:
         raise ValueError(f'pos_embed has {length} tokens, not {src_h}x'
                          f'{src_w} + {num_extra_tokens} extra; check '
                          f'img_size and patch_size')
@@ -48,6 +53,48 @@ def resize_pos_embed(pos_embed: Tensor, src_shape: Sequence[int],
                              'bilinear', 'bicubic') else None)
     grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
     return torch.cat((extra, grid), dim=1)
+
+
+def is_traced_size(size) -> bool:
+    """Whether a size is traced rather than a plain number: a ``SymInt``
+    (``torch.export``, a dynamic ``torch.compile``), any size inside
+    ``torch.compile`` (which may make it symbolic on a recompile) or
+    under ``torch.jit.trace`` (which gives sizes as 0-dim tensors).
+
+    Example:
+        >>> from torch.fx.experimental.symbolic_shapes import ShapeEnv
+        >>> is_traced_size(14)
+        False
+        >>> is_traced_size(ShapeEnv().create_unbacked_symint())
+        True
+    """
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or isinstance(size, torch.SymInt))
+
+
+def same_grid(src_shape: Sequence[int], dst_shape: Sequence) -> bool:
+    """Whether a grid ``(H, W)`` equals another, where that is known
+    without fixing a traced size.
+
+    Plain numbers compare as usual. A symbolic size counts as equal only
+    when it is equal for every value it may take, so the comparison adds
+    no guard to the traced program; a ``torch.jit.trace`` size (a 0-dim
+    tensor) always counts as different.
+
+    Example:
+        >>> same_grid((14, 14), (14, 14)), same_grid((14, 14), (16, 14))
+        (True, False)
+    """
+    if torch.jit.is_tracing():
+        return False
+    if any(is_traced_size(size) for size in dst_shape[:2]):
+        # sympy-backed; loaded already wherever sizes are symbolic
+        from torch.fx.experimental.symbolic_shapes import \
+            statically_known_true
+        return all(statically_known_true(dst == src) for src, dst in
+                   zip(src_shape[:2], dst_shape[:2]))
+    return (int(src_shape[0]), int(src_shape[1])) == \
+        (int(dst_shape[0]), int(dst_shape[1]))
 
 
 def is_square(number: int) -> bool:

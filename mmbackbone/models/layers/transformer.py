@@ -13,7 +13,6 @@ Example:
     >>> tuple(tokens.shape), grid
     ((1, 6, 32), (2, 3))
 """
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -101,8 +100,10 @@ class PatchEmbed(nn.Module):
         pads = []
         for side, k, s, d in zip(size, self.kernel_size, self.stride,
                                  self.dilation):
-            pads.append(max((math.ceil(side / s) - 1) * s + (k - 1) * d
-                            + 1 - side, 0))
+            # ceil(side / s) in integers: exact, and symbolic sizes
+            # (torch.export) stay expressions instead of floats
+            patches = -(-side // s)
+            pads.append(max((patches - 1) * s + (k - 1) * d + 1 - side, 0))
         return pads[0], pads[1]
 
     def out_size(self, size: Sequence[int], name: str = 'input'
@@ -113,7 +114,7 @@ class PatchEmbed(nn.Module):
         for side, pad, k, s, p, d in zip(size, self.pad_size(size),
                                          self.kernel_size, self.stride,
                                          self.padding, self.dilation):
-            span = int(side) + pad + 2 * p - d * (k - 1) - 1
+            span = side + pad + 2 * p - d * (k - 1) - 1
             if span < 0 or span % s:
                 raise ValueError(
                     f'{name} size {tuple(int(v) for v in size)} does not '
