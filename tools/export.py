@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from mmbackbone.utils.cli_options import add_allow_python_bases
+
 #: The key of the metadata inside a .pt2 archive (``extra/<key>``).
 METADATA_NAME = 'mmbackbone.json'
 #: The metadata format; readers refuse newer versions.
@@ -493,9 +495,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'img_size, else 224 224)')
     parser.add_argument('--no-check', action='store_true',
                         help='do not load the files back to compare')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON config inherit from .py files '
-                        '(which are then run); off by default')
+    add_allow_python_bases(parser)
     return parser.parse_args(argv)
 
 
