@@ -1,5 +1,6 @@
 """Make a backbone fast for inference: fold BN into convs, channels-last,
-optional ``torch.compile``.
+bfloat16/float16 weights (:mod:`mmbackbone.deploy_precision`), optional
+``torch.compile``.
 
 Which BatchNorm layers can be folded is found from the model itself, not
 from names: one forward pass on a small input records which tensor each
@@ -23,6 +24,11 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from mmbackbone.deploy_precision import (CastInputs, CastOutputs,
+                                         _cast_by_module, _floating_dtypes,
+                                         _remove_hooks, _warn_if_slow,
+                                         resolve_dtype)
 
 __all__ = ['optimize_for_inference', 'fuse_conv_bn', 'find_conv_bn_pairs']
 
@@ -269,22 +275,65 @@ def _channels_last_input(module: nn.Module, inputs: tuple) -> tuple:
                  for x in inputs)
 
 
+class _WithFreezing:
+    """Runs a compiled forward with inductor's ``freezing`` on: weights
+    become constants, folded and prepacked for oneDNN (under no_grad or
+    inference_mode only).
+
+    ``torch.compile(options={'freezing': True})`` is not enough in torch
+    2.14: the option reaches inductor, but dynamo reads the global flag
+    while tracing to decide whether parameters become constants, so the
+    flag is set around each call instead.
+    """
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        from torch._inductor import config
+        with config.patch(freezing=True):
+            return self.forward(*args, **kwargs)
+
+
 def optimize_for_inference(model: nn.Module,
                            channels_last: bool = True,
                            fuse: bool = True,
                            compile: Union[bool, dict] = False,
                            *,
+                           dtype: Union[torch.dtype, str] = torch.float32,
+                           output_dtype: Union[torch.dtype, str, None] = (
+                               torch.float32),
                            inplace: bool = False,
                            example_input: Optional[Tensor] = None
                            ) -> nn.Module:
     """Return the model ready for fast inference.
 
     The model is put in eval mode; then, as asked, every foldable BN is
-    folded into its conv (see :func:`find_conv_bn_pairs`), 4-D weights
-    and inputs take the channels-last memory format (the fast layout of
-    oneDNN convolutions on CPU and of cuDNN with tensor cores), and the
-    model is wrapped by ``torch.compile``. Features equal the original
-    model's up to float rounding (about 1e-6 relative).
+    folded into its conv (see :func:`find_conv_bn_pairs`), the model is
+    cast for ``dtype`` (below), 4-D weights and inputs take the channels-last
+    memory format (the fast layout of oneDNN convolutions on CPU and of
+    cuDNN with tensor cores), and the model is wrapped by
+    ``torch.compile``. In float32, features equal the original model's up
+    to float rounding (about 1e-6 relative).
+
+    Reduced precision (``dtype`` bfloat16 or float16): BN is folded in
+    float32 first; then convolutions, linear layers and
+    ``nn.MultiheadAttention`` take their weights in ``dtype`` and cast
+    their inputs to it, while norms and every other module with its own
+    parameters stay float32 and cast their inputs to float32 (autocast's
+    rule, fixed per module: see :mod:`mmbackbone.deploy_precision`). A
+    forward pre-hook casts the model's floating inputs to ``dtype``, so
+    callers keep passing float32 images; a forward hook casts the outputs
+    to ``output_dtype`` (float32 by default, so code after the backbone is
+    unchanged; ``None`` returns them as computed: ``dtype`` after a conv,
+    float32 after a norm). The error against the float32 model,
+    ``max |a - b| / max |b|`` per output
+    (:func:`mmbackbone.deploy_precision.feature_error`), stays within
+    :data:`~mmbackbone.deploy_precision.ERROR_BOUNDS` (2e-2 for bfloat16,
+    5e-3 for float16) for every zoo family. bfloat16 is the fast choice on
+    CPUs with AVX512-BF16 or AMX and on recent GPUs; float16 is for GPUs
+    (on a CPU without native fp16 kernels it warns: it ran 1.5-2x slower
+    than float32), and it overflows where an activation exceeds 65504.
 
     By default the original model is left untouched and a deep copy is
     optimised (folded BNs cannot be trained again, so changing the
@@ -298,6 +347,15 @@ def optimize_for_inference(model: nn.Module,
         fuse (bool): fold BatchNorm into the preceding convs.
         compile (bool | dict): wrap the result with ``torch.compile``;
             a dict gives its keyword arguments (``dict(mode='max-autotune')``).
+            With ``dtype`` other than float32, ``True`` also turns on
+            inductor's freezing (weights become constants, prepacked for
+            oneDNN); the result is then for inference only.
+        dtype (torch.dtype | str): the compute dtype: ``torch.float32``
+            (default), ``torch.bfloat16`` or ``torch.float16``, or one of
+            'fp32', 'float32', 'bf16', 'bfloat16', 'fp16', 'float16'.
+        output_dtype (torch.dtype | str | None): the dtype the outputs are
+            cast to when ``dtype`` is not float32 (default float32);
+            ``None`` returns them as computed.
         inplace (bool): optimise ``model`` itself instead of a copy.
         example_input (Tensor, optional): input of the structure probe,
             one forward pass (defaults to one image at ``model.img_size``,
@@ -311,6 +369,8 @@ def optimize_for_inference(model: nn.Module,
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``compile`` is
             neither a bool nor a dict.
+        ValueError: ``dtype`` or ``output_dtype`` is not one of the
+            accepted dtypes or names.
 
     Example:
         >>> import torch
@@ -324,6 +384,12 @@ def optimize_for_inference(model: nn.Module,
         (1, 512, 2, 2) True
         >>> sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
         0
+        >>> half = optimize_for_inference(model, dtype='bf16')
+        >>> with torch.no_grad():
+        ...     out, ref = half(x)[0], model(x)[0]
+        >>> err = ((out - ref).abs().max() / ref.abs().max()).item()
+        >>> print(half.conv1.weight.dtype, out.dtype, err < 2e-2)
+        torch.bfloat16 torch.float32 True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f'model must be an nn.Module; got '
@@ -331,11 +397,25 @@ def optimize_for_inference(model: nn.Module,
     if not isinstance(compile, (bool, dict)):
         raise TypeError(f'compile={compile!r} must be True, False or a dict '
                         f'of torch.compile keyword arguments')
+    dtype = resolve_dtype(dtype)
+    output_dtype = resolve_dtype(output_dtype, 'output_dtype',
+                                 allow_none=True)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    # float32 models optimised in float32 take exactly the original path
+    cast = dtype != torch.float32 or bool(_floating_dtypes(model)
+                                          - {torch.float32})
+    if cast:  # fold in float32, then cast the folded weights
+        _warn_if_slow(model, dtype)
+        _remove_hooks(model, (_channels_last_input, CastInputs, CastOutputs))
+        model.float()
+        if example_input is not None and example_input.is_floating_point():
+            example_input = example_input.float()
     if fuse:
         fuse_conv_bn(model, example_input)
+    if cast and dtype != torch.float32:
+        _cast_by_module(model, dtype)
     if channels_last:
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(),
@@ -343,9 +423,16 @@ def optimize_for_inference(model: nn.Module,
                 if tensor.dim() == 4:
                     tensor.data = tensor.data.contiguous(
                         memory_format=torch.channels_last)
-        if _channels_last_input not in model._forward_pre_hooks.values():
-            model.register_forward_pre_hook(_channels_last_input)
-    if compile:
+    if cast:
+        model.register_forward_pre_hook(CastInputs(dtype, channels_last))
+        if output_dtype is not None and output_dtype != dtype:
+            model.register_forward_hook(CastOutputs(output_dtype))
+    elif channels_last and \
+            _channels_last_input not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_channels_last_input)
+    if compile is not False:  # True, or a dict (an empty one included)
         options = compile if isinstance(compile, dict) else {}
         model = torch.compile(model, **options)
+        if compile is True and dtype != torch.float32:
+            model.forward = _WithFreezing(model.forward)
     return model

@@ -11,6 +11,11 @@ Examples::
     # one preset, machine-readable
     python tools/benchmark.py --preset resnet50 --json results.json
 
+    # optimised ours in float32 and bfloat16 (the default --dtypes), and
+    # the same wrapped by torch.compile
+    python tools/benchmark.py --preset resnet50 --modes infer \\
+        --dtypes fp32 bf16 --compile
+
     # any backbone config (a config file's model.backbone, or a dict)
     python tools/benchmark.py --config "dict(type='ResNet', depth=18)" \\
         --timm resnet18
@@ -35,6 +40,20 @@ How it measures:
   file and loaded into ours through ``init_cfg=dict(type='Pretrained')``
   (our key conversion), and into torchvision's when it has the model; the
   features of ours and the peer are compared (``max diff`` column).
+* Optimised rows: ``optimize_for_inference(ours, dtype=...)`` for every
+  ``--dtypes`` entry (``ours-opt`` is float32, ``ours-opt-bf16`` ...),
+  timed against every peer's eager float32 model (``ratios``; the
+  ``ratio`` column shows timm's, else torchvision's). ``max err`` is
+  ``max |a - b| / max |b|`` of each output against ours in float32 eager
+  on the benchmark batch, the largest over the outputs.
+* Compute ceiling: the FLOPs of one forward of ours are counted once per
+  case (``FlopCounterMode``, 2 FLOPs per multiply-add, convolutions,
+  matmuls and attention only); ``GFLOP/s`` is that over the median time
+  and ``of peak`` its fraction of the machine's peak for the row's dtype:
+  ``threads x FMA units x fp32 lanes x 2 x clock`` from ``/proc/cpuinfo``
+  (the FMA unit count is an assumption, ``--fma-units``; AVX512-BF16
+  doubles the bf16 figure), or a datasheet table for CUDA GPUs
+  (:mod:`mmbackbone.utils.compute_ceiling`).
 * Peers run their feature extractor: timm's ``forward_features``,
   torchvision's layers up to the last stage; ours returns its default
   ``out_indices``.
@@ -102,6 +121,9 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
            'cspdarknet53'),
     Preset('dla34', dict(type='DLA', arch='dla34'), 'dla34'),
 ]}
+
+#: Compute dtypes of the optimised rows (--dtypes).
+DTYPES = ('fp32', 'bf16', 'fp16')
 
 #: Presets of the --with-cp measurement (batch 16 by default).
 CP_PRESETS = ('resnet50', 'vit_b16')
@@ -228,9 +250,13 @@ def step(model: nn.Module, x: torch.Tensor, train: bool):
         out = model(x)
         loss = sum(t.float().mean() for t in leaves(out))
         loss.backward()
-        return None
-    with torch.inference_mode():
-        return model(x)
+        out = None
+    else:
+        with torch.inference_mode():
+            out = model(x)
+    if x.is_cuda:  # the kernels run asynchronously: wait for them
+        torch.cuda.synchronize(x.device)
+    return out
 
 
 def timed_interleaved(models: List[Tuple[str, nn.Module]], x: torch.Tensor,
@@ -273,12 +299,53 @@ class Row:
     max_diff: Optional[float] = None
     note: str = ''
     times_ms: List[float] = field(default_factory=list)
+    #: compute dtype of the row (the peers and ``ours`` run float32)
+    dtype: str = 'fp32'
+    #: every paired ratio of an optimised row, ``{'impl/peer': ratio}``
+    ratios: Dict[str, float] = field(default_factory=dict)
+    #: max relative error of an optimised row's outputs vs ours fp32
+    max_err: Optional[float] = None
+    #: FLOPs of one forward of the batch (infer rows), GFLOP/s achieved
+    #: and its fraction of the peak of ``dtype``
+    flops: Optional[int] = None
+    gflops: Optional[float] = None
+    peak_fraction: Optional[float] = None
+
+
+def optimized_variants(ours: nn.Module, args
+                       ) -> List[Tuple[str, str, nn.Module]]:
+    """``(impl, dtype, model)`` for every ``--dtypes`` entry (and its
+    compiled twin with ``--compile``): ``ours-opt`` is float32,
+    ``ours-opt-bf16`` bfloat16, ``...+compile`` wrapped by torch.compile."""
+    from mmbackbone import optimize_for_inference
+    variants = []
+    for dtype in args.dtypes:
+        impl = 'ours-opt' if dtype == 'fp32' else f'ours-opt-{dtype}'
+        variants.append((impl, dtype,
+                         optimize_for_inference(ours, dtype=dtype)))
+        if args.compile:
+            variants.append((f'{impl}+compile', dtype,
+                             optimize_for_inference(ours, dtype=dtype,
+                                                    compile=True)))
+    return variants
+
+
+def achieved(flops: Optional[int], median_ms: float, dtype: str,
+             peak: Optional[Any]) -> Tuple[Optional[float], Optional[float]]:
+    """``(GFLOP/s, fraction of the dtype's peak)`` of one timed row."""
+    if not flops or not median_ms:
+        return None, None
+    gflops = flops / (median_ms / 1e3) / 1e9
+    top = peak.gflops.get(dtype) if peak is not None else None
+    return round(gflops, 2), (round(gflops / top, 4) if top else None)
 
 
 def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
-                   tv_name: Optional[str], args, sized: bool = False
-                   ) -> List[Row]:
-    """Time (and measure) ours, ours optimised, timm and torchvision."""
+                   tv_name: Optional[str], args, sized: bool = False,
+                   peak: Optional[Any] = None) -> List[Row]:
+    """Time (and measure) ours, ours optimised, timm and torchvision;
+    ``peak`` (a :class:`mmbackbone.utils.compute_ceiling.Peak`) gives the
+    fraction-of-peak figures."""
     timm_kwargs = {}
     if sized:
         ours_cfg = dict(ours_cfg, img_size=args.size)
@@ -327,21 +394,36 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
               f'{type(err).__name__}: {err}')
         ours = build_ours(ours_cfg)
         weights = f'random (load failed: {type(err).__name__})'
-    ours.eval()
-    x = torch.rand(args.batch, 3, args.size, args.size)
+    device = torch.device(args.device)
+    ours.eval().to(device)
+    peers = [(peer_name, peer.to(device)) for peer_name, peer in peers]
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     diffs: Dict[str, Optional[float]] = {}
     with torch.inference_mode():
         ref = ours(x[:1])
         for peer_name, peer in peers:
             diffs[peer_name] = feature_diff(ref, peer.eval()(x[:1]))
+    from mmbackbone.deploy_precision import feature_error
+    from mmbackbone.utils.compute_ceiling import count_forward_flops
+    flops = count_forward_flops(ours, x[:1]) * args.batch
+    print(f'[{name}] {flops / 1e9:.1f} GFLOP per forward of batch '
+          f'{args.batch} (FlopCounterMode, 2 per multiply-add)')
 
     rows: List[Row] = []
     for mode in args.modes:
         train = mode == 'train'
         models = [('ours', ours)] + peers
+        dtypes = {impl: 'fp32' for impl, _ in models}
+        errors: Dict[str, float] = {}
         if not train and args.optimized:
-            from mmbackbone import optimize_for_inference
-            models.insert(1, ('ours-opt', optimize_for_inference(ours)))
+            variants = optimized_variants(ours, args)
+            models[1:1] = [(impl, model) for impl, _, model in variants]
+            dtypes.update((impl, dtype) for impl, dtype, _ in variants)
+            with torch.inference_mode():  # compiles the compiled ones too
+                want = ours(x)
+                for impl, _, model in variants:
+                    errors[impl] = max(feature_error(model(x), want))
+            del want
         times = timed_interleaved(models, x, train, args.repeats,
                                   args.warmup, desc=f'{name} {mode}',
                                   show_progress=args.progress)
@@ -351,15 +433,24 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
             return round(statistics.median(
                 x / y for x, y in zip(times[a], times[b])), 3)
 
+        peer_names = [p for p in ('timm', 'torchvision') if p in med]
         for impl, _ in models:
             row = Row(name, mode, impl, round(med[impl], 2),
-                      times_ms=[round(t * 1e3, 2) for t in times[impl]])
+                      times_ms=[round(t * 1e3, 2) for t in times[impl]],
+                      dtype=dtypes[impl])
+            if not train:
+                row.flops = flops
+                row.gflops, row.peak_fraction = achieved(
+                    flops, med[impl], row.dtype, peak)
             if impl == 'ours':
                 row.weights = weights
-            elif impl == 'ours-opt':
-                if 'timm' in med:
-                    row.ratio = paired(impl, 'timm')
-                    row.ratio_of = 'ours-opt/timm'
+            elif impl in errors:
+                row.max_err = errors[impl]
+                row.ratios = {f'{impl}/{p}': paired(impl, p)
+                              for p in peer_names}
+                if peer_names:
+                    row.ratio_of = f'{impl}/{peer_names[0]}'
+                    row.ratio = row.ratios[row.ratio_of]
             else:
                 row.ratio = paired('ours', impl)
                 row.ratio_of = f'ours/{impl}'
@@ -372,14 +463,15 @@ def benchmark_case(name: str, ours_cfg: dict, timm_name: Optional[str],
     del ours, peers
     gc.collect()
     tmp.cleanup()
-    if args.memory:
-        timed = [row for row in rows if row.median_ms is not None]
+    if args.memory and device.type == 'cpu':
+        timed = [row for row in rows if row.median_ms is not None
+                 and not row.impl.endswith('+compile')]
         for row in progress(timed, f'{name} peak memory', args.progress,
                             unit='child'):
             spec = dict(ours=ours_cfg, timm=timm_name, torchvision=tv_name,
                         timm_kwargs=timm_kwargs, impl=row.impl,
-                        mode=row.mode, batch=args.batch, size=args.size,
-                        threads=args.threads)
+                        dtype=row.dtype, mode=row.mode, batch=args.batch,
+                        size=args.size, threads=args.threads)
             row.peak_mb = memory_child(spec)
     return rows
 
@@ -417,11 +509,12 @@ def memory_child(spec: dict) -> Optional[float]:
 def run_memory_child(spec: dict) -> None:
     torch.set_num_threads(spec['threads'])
     impl, train = spec['impl'], spec['mode'] == 'train'
-    if impl in ('ours', 'ours-opt'):
+    if impl == 'ours' or impl.startswith('ours-opt'):
         model = build_ours(spec['ours'], **spec.get('overrides', {}))
-        if impl == 'ours-opt':
+        if impl.startswith('ours-opt'):
             from mmbackbone import optimize_for_inference
-            model = optimize_for_inference(model, inplace=True)
+            model = optimize_for_inference(
+                model, inplace=True, dtype=spec.get('dtype', 'fp32'))
     elif impl == 'timm':
         model = TimmFeatures(build_timm(spec['timm'],
                                         **spec.get('timm_kwargs', {})))
@@ -575,16 +668,44 @@ def benchmark_startup(args, commands: Optional[Dict[str, str]] = None
 
 # ------------------------------------------------------------ output
 def print_rows(rows: List[Row], header: bool = True) -> None:
+    """The table: one line per row; ``of peak`` is the fraction of the
+    peak FLOP/s of the row's dtype, ``max err`` the relative error of an
+    optimised row, ``max diff`` the absolute one of a peer."""
     if header:
-        print(f"{'case':<14} {'mode':<6} {'impl':<12} {'median ms':>10} "
-              f"{'ratio':>7} {'ratio of':<14} {'peak MiB':>9} "
-              f"{'max diff':>9}  weights / note")
+        print(f"{'case':<14} {'mode':<6} {'impl':<22} {'dtype':<5} "
+              f"{'median ms':>10} {'ratio':>7} {'ratio of':<33} "
+              f"{'GFLOP/s':>8} {'of peak':>8} {'max err':>8} "
+              f"{'peak MiB':>9} {'max diff':>9}  weights / note")
     for r in rows:
         fmt = (lambda v, spec: format(v, spec) if v is not None else '-')
-        print(f'{r.case:<14} {r.mode:<6} {r.impl:<12} '
+        note = r.weights or r.note
+        others = [f'{v:.3f} {k}' for k, v in r.ratios.items()
+                  if k != r.ratio_of]
+        if others:
+            note = '; '.join(([note] if note else []) + others)
+        print(f'{r.case:<14} {r.mode:<6} {r.impl:<22} {r.dtype:<5} '
               f"{fmt(r.median_ms, '10.1f'):>10} {fmt(r.ratio, '7.3f'):>7} "
-              f"{r.ratio_of:<14} {fmt(r.peak_mb, '9.0f'):>9} "
-              f"{fmt(r.max_diff, '9.1e'):>9}  {r.weights or r.note}")
+              f"{r.ratio_of:<33} {fmt(r.gflops, '8.1f'):>8} "
+              f"{fmt(r.peak_fraction, '8.1%'):>8} "
+              f"{fmt(r.max_err, '8.1e'):>8} {fmt(r.peak_mb, '9.0f'):>9} "
+              f"{fmt(r.max_diff, '9.1e'):>9}  {note}")
+
+
+def machine_peak(args) -> Any:
+    """The :class:`~mmbackbone.utils.compute_ceiling.Peak` of the device
+    the rows run on (``--threads`` cores of the CPU, or the CUDA GPU)."""
+    from mmbackbone.utils import compute_ceiling as ceiling
+    if torch.device(args.device).type == 'cuda':
+        return ceiling.gpu_peak(torch.cuda.get_device_name(args.device))
+    return ceiling.cpu_peak(ceiling.read_cpu_info(), args.threads,
+                            args.fma_units)
+
+
+def print_peak(peak: Any) -> None:
+    figures = ', '.join(f'{k} {v:.1f}' if v is not None else f'{k} unknown'
+                        for k, v in peak.gflops.items())
+    print(f'peak GFLOP/s: {figures} ({peak.formula}; '
+          f"{'; '.join(peak.assumed)})")
 
 
 def parse_config(text: str, allow_python_bases: bool = False) -> dict:
@@ -628,6 +749,11 @@ def parse_config(text: str, allow_python_bases: bool = False) -> dict:
     return result
 
 
+def read_cpu_model() -> str:
+    from mmbackbone.utils.compute_ceiling import read_cpu_info
+    return read_cpu_info().model_name
+
+
 def environment(args) -> dict:
     versions = {}
     for peer in ('timm', 'torchvision'):
@@ -636,6 +762,9 @@ def environment(args) -> dict:
     return dict(python=platform.python_version(), torch=torch.__version__,
                 **versions,
                 cpu=platform.processor() or platform.machine(),
+                cpu_model=read_cpu_model(), device=args.device,
+                device_name=(torch.cuda.get_device_name(args.device)
+                             if args.device.startswith('cuda') else None),
                 cores=os.cpu_count(), threads=args.threads,
                 load_average=os.getloadavg())
 
@@ -665,6 +794,18 @@ def parse_args(argv=None):
     parser.add_argument('--no-optimized', dest='optimized',
                         action='store_false',
                         help='do not time optimize_for_inference(ours)')
+    parser.add_argument('--dtypes', nargs='+', choices=DTYPES,
+                        help='compute dtypes of the optimised rows '
+                        '(default: fp32 bf16; fp32 bf16 fp16 on CUDA)')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time each optimised model wrapped by '
+                        'torch.compile (compiled before the timing)')
+    parser.add_argument('--device', default='cpu',
+                        help="where the timed models run: 'cpu' or 'cuda' "
+                        "('cuda:N'); peak memory is measured on CPU only")
+    parser.add_argument('--fma-units', type=int, default=2,
+                        help='FMA units per core assumed by the CPU peak '
+                        '(default 2, as on recent server cores)')
     parser.add_argument('--no-memory', dest='memory', action='store_false',
                         help='skip the per-case peak memory children')
     parser.add_argument('--with-cp', action='store_true',
@@ -683,13 +824,26 @@ def parse_args(argv=None):
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ('batch', 'size', 'threads', 'repeats', 'cp_batch',
-                 'startup_runs'):
+                 'startup_runs', 'fma_units'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
     if (args.timm or args.torchvision) and not args.config:
         parser.error('--timm/--torchvision compare a --config')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        parser.error(f"--device {args.device!r} must be 'cpu', 'cuda' or "
+                     f"'cuda:N'")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
+    if args.dtypes is None:
+        args.dtypes = ['fp32', 'bf16'] + (['fp16'] if device.type == 'cuda'
+                                          else [])
+    args.dtypes = list(dict.fromkeys(args.dtypes))
     return args
 
 
@@ -704,18 +858,22 @@ def main(argv=None) -> Dict[str, Any]:
                                                           or args.config)
     if not only_extras:
         rows: List[Row] = []
+        peak = machine_peak(args)
+        results['peak'] = asdict(peak)
+        print_peak(peak)
         if args.config:
             cfg = parse_config(args.config, args.allow_python_bases)
             rows += benchmark_case(cfg['type'], cfg, args.timm,
-                                   args.torchvision, args)
+                                   args.torchvision, args, peak=peak)
         for name in (args.preset or ([] if args.config else PRESETS)):
             p = PRESETS[name]
             rows += benchmark_case(name, p.ours, p.timm, p.torchvision, args,
-                                   p.sized)
+                                   p.sized, peak=peak)
         print(f'\nbatch {args.batch}, {args.size}x{args.size}, '
-              f'{args.threads} threads, median of {args.repeats} '
-              f'(after {args.warmup} warm-up), interleaved; ratio = median '
-              f'of the per-repetition ratios')
+              f'{args.threads} threads, {args.device}, median of '
+              f'{args.repeats} (after {args.warmup} warm-up), interleaved; '
+              f'ratio = median of the per-repetition ratios')
+        print_peak(peak)
         print_rows(rows)
         results['rows'] = [asdict(r) for r in rows]
     if args.with_cp:
