@@ -88,7 +88,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -770,6 +770,7 @@ def environment(args) -> dict:
 
 
 def parse_args(argv=None):
+    from mmbackbone.utils.cli_options import add_allow_python_bases
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -778,9 +779,7 @@ def parse_args(argv=None):
     parser.add_argument('--config', help='a backbone config: a config file '
                         "or a dict literal such as \"dict(type='ResNet', "
                         'depth=18)"')
-    parser.add_argument('--allow-python-bases', action='store_true',
-                        help='let a YAML/JSON --config file inherit from '
-                        '.py files (which are then run); off by default')
+    add_allow_python_bases(parser, '--config file')
     parser.add_argument('--timm', help='timm model to compare --config with')
     parser.add_argument('--torchvision', help='torchvision model to '
                         'compare --config with')
