@@ -1,6 +1,8 @@
 """mmbackbone: vision backbones behind one contract.
 
-``import mmbackbone`` registers every type in its own registry scope and
+``import mmbackbone`` registers every type in its own registry scope (the
+mmengine model types ``ImageClassifier`` and ``ClsDataPreprocessor`` on
+the first lookup there: their modules load ``mmengine.model``) and
 changes nothing outside the package: no import hook, no patched module.
 Code written for mmcls 0.x that imports ``mmcv.utils.parrots_wrapper``
 calls :func:`mmbackbone.compat.alias_mmcv_parrots_wrapper` first.
@@ -11,7 +13,7 @@ Example:
     >>> model.out_channels
     (512,)
 """
-from . import models  # noqa: F401  (registers every type)
+from . import models  # noqa: F401  (registers the types)
 from .apis import build_backbone, list_backbones, optimize_for_inference
 from .version import __version__
 

@@ -55,7 +55,6 @@ def resolve_type(type_: Any, registry=MODELS, arg: str = 'type') -> Callable:
         raise TypeError(f'{arg}={type_!r} is neither a registered name nor '
                         f'a registered class or function; register it with '
                         f'@MODELS.register_module()')
-    registry.import_from_location()
     if '.' in type_:
         scope, name = type_.split('.', 1)
         registries = _registries()
@@ -66,9 +65,11 @@ def resolve_type(type_: Any, registry=MODELS, arg: str = 'type') -> Callable:
                 f"'mmbackbone.ResNet'), never an import path. Known scopes: "
                 f'{sorted(registries)}')
         registry = registries[scope]
-        registry.import_from_location()
         type_ = name
     obj = registry.module_dict.get(type_)
+    if obj is None:  # registered on first lookup (LAZY_MODEL_MODULES)
+        registry.import_from_location()
+        obj = registry.module_dict.get(type_)
     if obj is None:
         names = sorted(registry.module_dict)
         raise KeyError(f'{arg}={type_!r} is not registered in scope '
@@ -119,15 +120,18 @@ def _check_scoped_name(value: str, where: str) -> None:
 
 def _check_plain_name(value: str, where: str) -> None:
     """An unscoped name that no registry knows must not name a module:
-    mmengine's ``Registry.get`` would import it (running its code)."""
-    if _registered_anywhere(value):
-        return
+    mmengine's ``Registry.get`` would import it (running its code).
+
+    The module is looked for first: most names (``'BN'``, ``'Conv2d'``)
+    name none, and then the registries' lazy locations (the engine, the
+    datasets, the mmengine models: seconds of imports) stay unimported.
+    """
     import importlib.util
     try:
         spec = importlib.util.find_spec(value)
     except (ImportError, ValueError, AttributeError):
         spec = None
-    if spec is not None:
+    if spec is not None and not _registered_anywhere(value):
         raise ValueError(f'{where}={value!r} is not a registered type but '
                          f'the name of an importable module; configs may '
                          f'name registered types only (nothing is imported)')
@@ -426,8 +430,8 @@ def list_backbones(pattern: Optional[str] = None) -> List[str]:
         >>> list_backbones('ResNet*')
         ['ResNet', 'ResNetV1c', 'ResNetV1d']
     """
+    # every backbone registers on import; the lazy types are no backbones
     from mmbackbone.models.backbones.base_backbone import BaseBackbone
-    MODELS.import_from_location()
     names = [name for name, obj in MODELS.module_dict.items()
              if getattr(obj, 'is_backbone', False)
              or (inspect.isclass(obj) and issubclass(obj, BaseBackbone))]

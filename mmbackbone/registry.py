@@ -2,8 +2,11 @@
 
 ``MODELS`` has scope ``mmbackbone`` and is a child of mmengine's root
 ``MODELS``, so mmdet / mmseg configs reach our classes as
-``type='mmbackbone.ResNet'``. Building imports ``mmbackbone.models``
-lazily. The other registries exist so that mmengine's Runner, run with
+``type='mmbackbone.ResNet'``. ``import mmbackbone`` registers the
+backbones, necks, heads and losses; the types in
+:data:`LAZY_MODEL_MODULES` register on the first lookup of any name in the
+scope (mmengine then imports the registry's locations). The other
+registries exist so that mmengine's Runner, run with
 ``default_scope='mmbackbone'``, finds every kind of component in our scope
 (falling back to mmengine's own).
 """
@@ -16,7 +19,19 @@ def _child(name: str, parent: Registry, *locations: str) -> Registry:
                     locations=list(locations))
 
 
-MODELS = _child('model', root.MODELS, 'mmbackbone.models')
+#: Types that are mmengine models (``BaseModel``, ``ImgDataPreprocessor``)
+#: and their modules: importing one loads ``mmengine.model``, whose
+#: optimizers and distributed wrappers load ``torch.distributed.fsdp`` and
+#: sympy (about 1 s), so ``import mmbackbone`` leaves them to the first
+#: lookup (they are locations of ``MODELS``) or attribute access
+#: (``mmbackbone.models.ImageClassifier``).
+LAZY_MODEL_MODULES = {
+    'ImageClassifier': 'mmbackbone.models.classifiers',
+    'ClsDataPreprocessor': 'mmbackbone.models.data_preprocessor',
+}
+
+MODELS = _child('model', root.MODELS, 'mmbackbone.models',
+                *LAZY_MODEL_MODULES.values())
 DATASETS = _child('dataset', root.DATASETS, 'mmbackbone.datasets')
 TRANSFORMS = _child('transform', root.TRANSFORMS, 'mmbackbone.datasets')
 METRICS = _child('metric', root.METRICS, 'mmbackbone.evaluation')

@@ -1,18 +1,36 @@
 """Start-up hygiene: ``import mmbackbone`` stays light, registers every
-type, and building a backbone initialises each weight once."""
+type (the mmengine model types on first lookup), and building a backbone
+loads neither ``mmengine.model`` nor anything it pulls in, and
+initialises each weight once."""
 import collections
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
+from mmengine.model import BaseModule as MMEngineBaseModule
+from torch import nn
 from torch.nn import init
 
 import mmbackbone
 from mmbackbone import build_backbone
+from mmbackbone.models import BaseBackbone
+from mmbackbone.registry import LAZY_MODEL_MODULES
+from mmbackbone.utils import BaseModule
 
 HEAVY = ('timm', 'torchvision', 'onnx', 'onnxruntime', 'mmpretrain',
          'mmdet', 'mmseg')
+
+#: What ``mmengine.model`` loads (its optimizers and distributed
+#: wrappers): about 1 s of a cold start, none of it needed to build.
+MMENGINE_MODEL = ('mmengine.model', 'mmengine.optim',
+                  'torch.distributed.fsdp', 'torch.distributed.tensor',
+                  'sympy')
+#: The registries' lazy locations and what they load (OpenCV, PIL).
+LOCATIONS = ('mmbackbone.engine', 'mmbackbone.datasets',
+             'mmbackbone.evaluation', 'mmbackbone.models.classifiers',
+             'mmbackbone.models.data_preprocessor', 'cv2', 'PIL')
 
 
 def run_python(code: str) -> dict:
@@ -52,10 +70,86 @@ def test_custom_imports_registers_every_type():
         'print(json.dumps(dict(registered=sorted(scope.module_dict), '
         'exported=sorted(models.__all__))))')
     exported = [n for n in found['exported'] if n not in
-                ('BaseBackbone', 'build_backbone')]
+                ('BaseBackbone', 'build_backbone', *LAZY_MODEL_MODULES)]
     missing = [n for n in exported if n not in found['registered']]
     assert not missing, f'exported but not registered on import: {missing}'
     assert set(mmbackbone.list_backbones()) <= set(found['registered'])
+    assert not set(LAZY_MODEL_MODULES) & set(found['registered'])
+
+
+def test_mmengine_model_types_register_on_first_lookup():
+    """ImageClassifier and ClsDataPreprocessor (their modules load
+    mmengine.model) are found by every route a config or user takes."""
+    found = run_python(
+        'import json, mmbackbone\n'
+        'from mmengine.registry import MODELS as ROOT, DefaultScope\n'
+        "scope = ROOT.children['mmbackbone']\n"
+        'before = sorted(set(scope.module_dict) & {"ImageClassifier", '
+        '"ClsDataPreprocessor"})\n'
+        "pre = ROOT.build(dict(type='mmbackbone.ClsDataPreprocessor'))\n"
+        'after = sorted(set(scope.module_dict) & {"ImageClassifier", '
+        '"ClsDataPreprocessor"})\n'
+        "with DefaultScope.overwrite_default_scope('mmbackbone'):\n"
+        "    model = ROOT.build(dict(type='ImageClassifier', backbone=dict(\n"
+        "        type='ResNet', depth=18), neck=dict(type="
+        "'GlobalAveragePooling'),\n"
+        "        head=dict(type='LinearClsHead', num_classes=3, "
+        "in_channels=512)))\n"
+        'from mmbackbone.models import ImageClassifier\n'
+        'import mmbackbone.models as models\n'
+        'print(json.dumps([before, after, type(pre).__name__,\n'
+        '    type(model).__name__, type(model.data_preprocessor).__name__,\n'
+        '    type(model) is ImageClassifier,\n'
+        '    models.ClsDataPreprocessor is type(pre),\n'
+        "    'ImageClassifier' in dir(models)]))")
+    assert found == [[], ['ClsDataPreprocessor', 'ImageClassifier'],
+                     'ClsDataPreprocessor', 'ImageClassifier',
+                     'ClsDataPreprocessor', True, True, True]
+
+
+def test_lazy_model_modules_are_registry_locations():
+    from mmbackbone.registry import MODELS
+    for name, module in LAZY_MODEL_MODULES.items():
+        assert module in MODELS._locations
+        assert name in mmbackbone.models.__all__
+        assert getattr(mmbackbone.models, name).__module__.startswith(module)
+        assert MODELS.get(name) is getattr(mmbackbone.models, name)
+    with pytest.raises(AttributeError, match='has no attribute'):
+        mmbackbone.models.NoSuchModel  # noqa: B018
+
+
+BUILD_AND_LIST_LOADED = f'''
+import json, sys, mmbackbone
+mmbackbone.build_backbone(dict(type='ResNet', depth=50))
+after_resnet50 = [m for m in {MMENGINE_MODEL + LOCATIONS!r} if m in sys.modules]
+mmbackbone.build_backbone(dict(type='mmbackbone.ResNet', depth=18,
+                               norm_cfg=dict(type='BN', requires_grad=True),
+                               conv_cfg=dict(type='Conv2d')))
+mmbackbone.list_backbones()
+after_layer_types = [m for m in {LOCATIONS!r} if m in sys.modules]
+print(json.dumps([after_resnet50, after_layer_types]))
+'''
+
+
+def test_layer_types_in_a_config_import_no_registry_location():
+    """Checking ``norm_cfg=dict(type='BN')`` for an import path finds no
+    module named BN and stops there: the engine, datasets and classifier
+    modules (seconds of imports) stay unloaded."""
+    assert run_python(BUILD_AND_LIST_LOADED)[1] == []
+
+
+BACKBONE_ON_MMENGINE_MODEL = any(
+    cls.__module__.startswith('mmengine.model')
+    for cls in BaseBackbone.__mro__)
+
+
+@pytest.mark.xfail(BACKBONE_ON_MMENGINE_MODEL, strict=True,
+                   reason='BaseBackbone derives from mmengine.model\'s '
+                          'BaseModule instead of mmbackbone.utils.BaseModule')
+def test_import_and_resnet50_build_load_no_mmengine_model():
+    """The start-up figure: ``mmengine.model`` (optimizers, FSDP, sympy)
+    is loaded by neither ``import mmbackbone`` nor building a ResNet-50."""
+    assert run_python(BUILD_AND_LIST_LOADED)[0] == []
 
 
 def test_optimize_for_inference_is_public():
@@ -257,3 +351,76 @@ def test_copies_of_mmengine_private_code_check_its_version(installed, warned):
     they follow and warn, once, at import on another one."""
     patch = f'mmengine.__version__ = {installed!r}' if installed else ''
     assert run_python(ENGINE_IMPORT_WARNINGS.format(patch=patch)) == warned
+
+
+def small_net(parent_base: type, child_base: type, init_cfg=None,
+              child_init_cfg=None) -> nn.Module:
+    """A parent (conv child, linear) on ``parent_base``, its child on
+    ``child_base``: either mmbackbone's BaseModule or mmengine's."""
+
+    class Child(child_base):
+        def __init__(self):
+            super().__init__(child_init_cfg)
+            self.conv = nn.Conv2d(3, 4, 3)
+
+    class Net(parent_base):
+        def __init__(self):
+            super().__init__(init_cfg)
+            self.child = Child()
+            self.fc = nn.Linear(4, 2)
+
+    return Net()
+
+
+INIT_CASES = {
+    'per layer type': dict(init_cfg=[
+        dict(type='Kaiming', layer='Conv2d'),
+        dict(type='Normal', layer='Linear', std=0.01)]),
+    'override by name': dict(init_cfg=dict(
+        type='Constant', val=0.5, layer='Linear',
+        override=dict(type='Xavier', name='fc'))),
+    'child after parent': dict(
+        init_cfg=dict(type='Constant', val=1, layer='Conv2d'),
+        child_init_cfg=dict(type='Constant', val=2, layer='Conv2d')),
+    'pretrained last': dict(init_cfg=[
+        dict(type='Constant', val=3, layer=['Conv2d', 'Linear']),
+        dict(type='Pretrained', checkpoint='{checkpoint}')]),
+}
+
+
+@pytest.mark.parametrize('case', sorted(INIT_CASES))
+@pytest.mark.parametrize('mixed', ['ours', 'ours in mmengine',
+                                   'mmengine in ours'])
+def test_base_module_initialises_as_mmengine_does(case, mixed, tmp_path):
+    """mmbackbone's BaseModule (which spares ``import mmbackbone`` the
+    load of mmengine.model) gives the weights, ``is_init``, ``repr`` and
+    clean-up of mmengine's BaseModule, alone and nested in either
+    direction (a backbone in an mmengine model, an mmengine layer in a
+    backbone)."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / 'net.pth'
+    torch.save(small_net(BaseModule, BaseModule).state_dict(), checkpoint)
+    cfgs = json.loads(json.dumps(INIT_CASES[case]).replace(
+        '{checkpoint}', str(checkpoint)))
+    bases = {'ours': (BaseModule, BaseModule),
+             'ours in mmengine': (MMEngineBaseModule, BaseModule),
+             'mmengine in ours': (BaseModule, MMEngineBaseModule)}[mixed]
+    built = {}
+    for name, (parent, child) in [('mmengine', (MMEngineBaseModule,) * 2),
+                                  ('mixed', bases)]:
+        torch.manual_seed(0)
+        net = small_net(parent, child, **cfgs)
+        assert not net.is_init and not net.child.is_init
+        net.init_weights()
+        built[name] = net
+    reference, net = built['mmengine'], built['mixed']
+    assert net.is_init and net.child.is_init
+    assert not any(hasattr(m, '_params_init_info') for m in net.modules())
+    assert repr(net) == repr(reference)
+    state, expected = net.state_dict(), reference.state_dict()
+    assert list(state) == list(expected)
+    for key in expected:
+        assert torch.equal(state[key], expected[key]), key
+    if case == 'pretrained last':
+        assert torch.equal(state['fc.weight'],
+                           torch.load(checkpoint)['fc.weight'])

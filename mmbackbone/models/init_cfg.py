@@ -347,10 +347,10 @@ def check_nested_init_cfgs(module: nn.Module) -> None:
     """Refuse a load in the ``init_cfg`` of a submodule that does not
     route its loads (a ``BaseModule`` of another library): mmengine would
     load it with ``PretrainedInit``."""
-    from mmengine.model import BaseModule
+    from mmbackbone.utils.base_module import BaseModule, mmengine_base_module
     for path, sub in module.named_modules():
         if (not path or isinstance(sub, PretrainedRoutingMixin)
-                or not isinstance(sub, BaseModule)
+                or not isinstance(sub, (BaseModule, mmengine_base_module()))
                 or getattr(sub, 'is_init', False) or not sub.init_cfg):
             continue
         plan = plan_init_cfg(sub.init_cfg, f'{type(module).__name__}.{path}')

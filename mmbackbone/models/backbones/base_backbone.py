@@ -39,10 +39,10 @@ from typing import (Any, ClassVar, Dict, List, Optional, Sequence, Tuple,
                     Union)
 
 import torch
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmbackbone.utils import normalize_frozen_stages, normalize_out_indices
+from mmbackbone.utils import (BaseModule, normalize_frozen_stages,
+                              normalize_out_indices)
 from ..init_cfg import PretrainedRoutingMixin, plan_init_cfg
 
 #: Norm layers that ``norm_eval`` and freezing put in eval mode.

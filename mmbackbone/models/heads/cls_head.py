@@ -10,11 +10,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
 from mmbackbone.structures import ClsDataSample
+from mmbackbone.utils import BaseModule
 
 from ..init_cfg import PretrainedRoutingMixin
 

@@ -16,10 +16,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmbackbone.registry import MODELS
+from mmbackbone.utils import BaseModule
 from ..init_cfg import PretrainedRoutingMixin
 from ..layers import check_norm_cfg, norm_layer
 
