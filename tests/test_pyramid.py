@@ -15,11 +15,13 @@ from mmbackbone.models.backbones.base_backbone import NORM_TYPES
 from mmbackbone.models.necks import SimpleFeaturePyramid
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The ViT RetinaNets on the embedded digits set: a native DeiT-S and
-#: timm's DINOv2-S behind TIMMBackbone, each through PyramidBackbone.
+#: The ViT RetinaNets on the embedded digits set: a native DeiT-S (plain
+#: and with layer scale) and timm's DINOv2-S behind TIMMBackbone, each
+#: through PyramidBackbone.
 VIT_DETECTORS = {
     name: ROOT / 'configs' / 'downstream' / 'mmdet' / name
     for name in ('retinanet_deit-s_pyramid_digits.py',
+                 'retinanet_deit-s-ls_pyramid_digits.py',
                  'retinanet_dinov2-s-timm_pyramid_digits.py')}
 #: Two input sizes: non-square, not 224, multiples of 16 and of 14.
 SIZES = {16: ((64, 96), (48, 80)), 14: ((56, 84), (42, 70))}
