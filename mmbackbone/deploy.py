@@ -26,9 +26,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from mmbackbone.deploy_precision import (CastInputs, CastOutputs,
-                                         _cast_by_module, _floating_dtypes,
-                                         _remove_hooks, _warn_if_slow,
-                                         resolve_dtype)
+                                         cast_by_module, floating_dtypes,
+                                         remove_hooks, resolve_dtype,
+                                         warn_if_slow)
 
 __all__ = ['optimize_for_inference', 'fuse_conv_bn', 'find_conv_bn_pairs']
 
@@ -404,18 +404,18 @@ def optimize_for_inference(model: nn.Module,
         model = copy.deepcopy(model)
     model.eval()
     # float32 models optimised in float32 take exactly the original path
-    cast = dtype != torch.float32 or bool(_floating_dtypes(model)
+    cast = dtype != torch.float32 or bool(floating_dtypes(model)
                                           - {torch.float32})
     if cast:  # fold in float32, then cast the folded weights
-        _warn_if_slow(model, dtype)
-        _remove_hooks(model, (_channels_last_input, CastInputs, CastOutputs))
+        warn_if_slow(model, dtype)
+        remove_hooks(model, (_channels_last_input, CastInputs, CastOutputs))
         model.float()
         if example_input is not None and example_input.is_floating_point():
             example_input = example_input.float()
     if fuse:
         fuse_conv_bn(model, example_input)
     if cast and dtype != torch.float32:
-        _cast_by_module(model, dtype)
+        cast_by_module(model, dtype)
     if channels_last:
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(),

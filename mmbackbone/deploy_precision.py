@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 __all__ = ['resolve_dtype', 'feature_error', 'native_kernels',
-           'ERROR_BOUNDS', 'DTYPE_NAMES']
+           'cast_by_module', 'floating_dtypes', 'remove_hooks',
+           'warn_if_slow', 'CastInputs', 'CastOutputs', 'ERROR_BOUNDS',
+           'DTYPE_NAMES']
 
 #: Every accepted spelling of the compute dtypes.
 DTYPE_NAMES: Dict[str, torch.dtype] = {
@@ -167,7 +169,7 @@ class CastOutputs:
             and t.is_floating_point() else t, output)
 
 
-def _remove_hooks(model: nn.Module, kinds: tuple) -> None:
+def remove_hooks(model: nn.Module, kinds: tuple) -> None:
     """Drop the forward (pre-)hooks of ``model`` and its submodules that
     are functions in ``kinds`` or instances of the classes in ``kinds``
     (those a previous optimisation registered)."""
@@ -191,7 +193,7 @@ def _owns_floating_state(module: nn.Module) -> bool:
         module.parameters(recurse=False), module.buffers(recurse=False)))
 
 
-def _cast_by_module(model: nn.Module, dtype: torch.dtype) -> None:
+def cast_by_module(model: nn.Module, dtype: torch.dtype) -> None:
     """Give a float32 model the precision rule of this module's docstring:
     :data:`LOW_PRECISION_MODULES` in ``dtype``, the rest float32."""
     for module in model.modules():
@@ -203,7 +205,7 @@ def _cast_by_module(model: nn.Module, dtype: torch.dtype) -> None:
                                                         False))
 
 
-def _floating_dtypes(model: nn.Module) -> set:
+def floating_dtypes(model: nn.Module) -> set:
     """The dtypes of the floating parameters and buffers of ``model``."""
     return {t.dtype for t in list(model.parameters()) + list(model.buffers())
             if t.is_floating_point()}
@@ -230,7 +232,7 @@ def native_kernels(dtype: torch.dtype) -> bool:
         return False
 
 
-def _warn_if_slow(model: nn.Module, dtype: torch.dtype) -> None:
+def warn_if_slow(model: nn.Module, dtype: torch.dtype) -> None:
     """Warn when ``dtype`` has no native kernels on the model's CPU.
 
     float16 on a CPU without AVX512-FP16/AMX-FP16 runs through
